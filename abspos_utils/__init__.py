@@ -1,0 +1,9 @@
+"""abspos_utils: the library behind the abspos book.
+
+One module per concern: ``models`` (zoo, loading, architecture description), ``prompts`` (corpora,
+controls, BOS handling), ``capture`` (nnsight tracing and interventions), ``metrics`` (the measurements of
+DESIGN.md §2), ``claims`` (computed verdicts), ``plots`` (the house style), ``results`` (tables and run
+records), ``runner`` (papermill runs and sweeps), ``bench`` and ``cli``.
+"""
+
+__version__ = "0.1.0"

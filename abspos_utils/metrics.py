@@ -1,0 +1,640 @@
+r"""The measurements of DESIGN.md §2, vectorized over prompts, layers and heads.
+
+Notation: layer l, head h, query i, key j, N prompts. A *domain* is a set of visible pairs (i, j) inside a
+query window, either all keys or the **bulk** j >= 1 (key 0 — the sink column — is reported apart).
+
+**Position decomposition.** For one layer and head, M_ij is log a_ij averaged over prompts on the domain.
+The least-squares fit
+
+    M_ij = mu + f(i - j) + g(i) + R_ij          (one parameter per diagonal, one per row)
+
+splits the energy of the centred M into three orthogonal parts, taken in this order: the **relative part**
+f (projection on diagonal dummies), the **row part** g beyond it (adding row dummies), and the
+**remainder** R. With P_1, P_T, P_J the projections on constants, diagonals, and diagonals + rows:
+
+    E_rel = <(P_T - P_1) M, M>,  E_row = <(P_J - P_T) M, M>,  E_rem = <(I - P_J) M, M>,
+    E_tot = E_rel + E_row + E_rem.
+
+**L_res = E_rem / E_tot** (the residual-stream component: absolute structure within a row, which neither
+RoPE nor the softmax denominator can make; exactly 0 for any s that is a function of i - j on any domain),
+and **L_mask = E_row / E_tot** of log a (how the level of a row depends on i, which -log Z_i brings in). The
+count term of L_mask is the share of the row part carried by -log n_i (n_i = visible keys of query i).
+
+**Cross-fitting.** Every energy is an inner product between *different* prompts, so that content noise
+does not count as position: E = mean over n != m of <P x_n, x_m>, where x_n is prompt n's log-weight
+vector on the domain. This U-statistic is exactly the expected value of the split-half estimator
+<P M_A, M_B> over random halves A, B of the prompts, without the arbitrariness of one split. All energies
+are kept as N x N Gram matrices, so a bootstrap over prompts only re-weights them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from .capture import Capture
+from .errors import AbsposError
+
+PairValues = Float[Tensor, "prompt head pair"]
+Gram = Float[Tensor, "*batch prompt prompt"]
+
+SINK_EPSILON = 0.3
+N_BOOTSTRAP = 400
+KEY_DOMAINS = ("bulk", "all")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Projections on a pair domain
+# ---------------------------------------------------------------------------------------------------
+
+
+class PairDomain:
+    """Least-squares projections for values on a set of (query, key) pairs.
+
+    ``toeplitz(x)`` replaces each value by the mean of its diagonal i - j (projection on diagonal
+    dummies); ``joint(x)`` is the fit with one parameter per diagonal and one per row, solved exactly from
+    the (rows + diagonals)-sized normal equations, whose pseudo-inverse is shared by all prompts and heads.
+    """
+
+    def __init__(self, rows: np.ndarray, cols: np.ndarray):
+        self.rows, self.cols = np.asarray(rows), np.asarray(cols)
+        _, self.row_id = np.unique(self.rows, return_inverse=True)
+        _, self.diag_id = np.unique(self.rows - self.cols, return_inverse=True)
+        self.n_rows, self.n_diags = self.row_id.max() + 1, self.diag_id.max() + 1
+        self.row_count = np.bincount(self.row_id).astype(np.float64)
+        self.diag_count = np.bincount(self.diag_id).astype(np.float64)
+        cross = np.zeros((self.n_rows, self.n_diags))
+        np.add.at(cross, (self.row_id, self.diag_id), 1.0)
+        normal = np.block([[np.diag(self.row_count), cross], [cross.T, np.diag(self.diag_count)]])
+        self.normal_pinv = torch.from_numpy(np.linalg.pinv(normal, hermitian=True))
+        self._row = torch.from_numpy(self.row_id)
+        self._diag = torch.from_numpy(self.diag_id)
+
+    @property
+    def size(self) -> int:
+        return len(self.rows)
+
+    def _group_sums(self, x: Tensor, index: Tensor, groups: int) -> Tensor:
+        out = torch.zeros(*x.shape[:-1], groups, dtype=x.dtype)
+        return out.index_add_(-1, index, x)
+
+    def mean(self, x: Tensor) -> Tensor:
+        return x.mean(-1, keepdim=True).expand_as(x)
+
+    def toeplitz(self, x: Tensor) -> Tensor:
+        sums = self._group_sums(x, self._diag, self.n_diags)
+        return (sums / torch.from_numpy(self.diag_count))[..., self._diag]
+
+    def joint(self, x: Tensor) -> Tensor:
+        rhs = torch.cat([self._group_sums(x, self._row, self.n_rows), self._group_sums(x, self._diag, self.n_diags)], -1)
+        theta = rhs @ self.normal_pinv
+        return theta[..., : self.n_rows][..., self._row] + theta[..., self.n_rows :][..., self._diag]
+
+    def is_full_triangle(self, first_key: int) -> bool:
+        """True when every query i of the domain sees exactly the keys first_key..i (no window cut)."""
+        expected = (self.rows - first_key + 1).astype(np.int64)
+        counts = np.bincount(self.rows)[self.rows]
+        return bool(np.all(counts == expected) and np.all(self.cols >= first_key))
+
+
+@lru_cache(maxsize=64)
+def _cached_domain(rows_bytes: bytes, cols_bytes: bytes) -> PairDomain:
+    return PairDomain(np.frombuffer(rows_bytes, dtype=np.int64), np.frombuffer(cols_bytes, dtype=np.int64))
+
+
+def pair_domain(rows: np.ndarray, cols: np.ndarray) -> PairDomain:
+    """A (cached) PairDomain: layers with the same mask share one pseudo-inverse."""
+    return _cached_domain(np.asarray(rows, np.int64).tobytes(), np.asarray(cols, np.int64).tobytes())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cross-fitted energies as Gram matrices
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Grams:
+    """Cross-prompt inner products of one domain, for every layer and head: each (L, H, N, N).
+
+    ``raw`` = <x_n, x_m>, ``one``/``toeplitz``/``joint`` = <P x_n, x_m> for P = P_1, P_T, P_J; ``count``
+    (L, H, N) = <(P_J - P_T)(-log n_i), x_m>; ``sink`` (all keys only) = <c(x_n)_{j=0}, c(x_m)_{j=0}>.
+    """
+
+    raw: Tensor
+    one: Tensor
+    toeplitz: Tensor
+    joint: Tensor
+    count: Tensor
+    sink: Tensor | None
+
+    def components(self) -> dict[str, Tensor]:
+        """The cross-fitted energy Gram matrix of each part of the decomposition."""
+        return {
+            "total": self.raw - self.one,
+            "relative": self.toeplitz - self.one,
+            "row": self.joint - self.toeplitz,
+            "remainder": self.raw - self.joint,
+        }
+
+
+def _gram(a: Tensor, b: Tensor) -> Tensor:
+    return torch.einsum("nhp,mhp->hnm", a, b)
+
+
+def domain_grams(values: PairValues, domain: PairDomain, log_counts: np.ndarray, key0: np.ndarray | None) -> dict:
+    """Gram matrices of one layer on one domain (float64). ``log_counts`` is log n_i per pair."""
+    x = values.double()
+    x = torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+    count_vector = -torch.from_numpy(log_counts).double()
+    row_part_of_count = domain.joint(count_vector) - domain.toeplitz(count_vector)
+    out = {
+        "raw": _gram(x, x),
+        "one": _gram(domain.mean(x), x),
+        "toeplitz": _gram(domain.toeplitz(x), x),
+        "joint": _gram(domain.joint(x), x),
+        "count": torch.einsum("p,nhp->hn", row_part_of_count, x),
+        "sink": None,
+    }
+    if key0 is not None:
+        centred = (x - x.mean(-1, keepdim=True))[..., key0]
+        out["sink"] = _gram(centred, centred)
+    return out
+
+
+def decompose_values(values: PairValues, rows: np.ndarray, cols: np.ndarray, n_visible: np.ndarray) -> dict:
+    """Shares of the decomposition for values on one domain (N prompts, H heads, P pairs): (H,) each.
+
+    ``n_visible[i]`` is the number of keys query i sees (for the count term). This is the function a
+    reader can try on hand-made matrices; :func:`decompose` applies the same steps to a capture.
+    """
+    domain = pair_domain(rows, cols)
+    log_counts = np.log(np.asarray(n_visible, dtype=np.float64)[domain.rows])
+    grams = domain_grams(torch.as_tensor(values), domain, log_counts, (domain.cols == 0) if (domain.cols == 0).any() else None)
+    stacked = Grams(**{k: grams[k][None] for k in ("raw", "one", "toeplitz", "joint", "count")},
+                    sink=None if grams["sink"] is None else grams["sink"][None])
+    return {name: value[0] for name, value in shares(stacked).items()}
+
+
+@dataclass
+class Decomposition:
+    """The position decomposition of a capture: Grams per (window, key domain), plus labels."""
+
+    model: str
+    condition: str
+    layers: list[int]
+    layer_kind: list[str]
+    n_heads: int
+    n_prompts: int
+    grams: dict[tuple[str, str], Grams]
+
+
+def decompose(cap: Capture) -> Decomposition:
+    """Compute the cross-fitted Gram matrices of the decomposition for every window, key domain and layer."""
+    grams: dict[tuple[str, str], Grams] = {}
+    for window in cap.windows:
+        for keys in KEY_DOMAINS:
+            per_layer = []
+            for index, pairs in enumerate(cap.pairs[window]):
+                select = pairs.cols >= 1 if keys == "bulk" else np.ones_like(pairs.cols, dtype=bool)
+                domain = pair_domain(pairs.rows[select], pairs.cols[select])
+                log_counts = np.log(cap.n_visible[index].numpy()[domain.rows].astype(np.float64))
+                key0 = (domain.cols == 0) if keys == "all" else None
+                per_layer.append(domain_grams(cap.window_logw[window][index][..., select], domain, log_counts, key0))
+            stacked = {k: torch.stack([g[k] for g in per_layer]) for k in ("raw", "one", "toeplitz", "joint", "count")}
+            sink = torch.stack([g["sink"] for g in per_layer]) if keys == "all" else None
+            grams[(window, keys)] = Grams(**stacked, sink=sink)
+    n_heads = cap.key0.shape[2]
+    return Decomposition(cap.model, cap.condition, cap.layers, cap.layer_kind, n_heads, cap.n_prompts, grams)
+
+
+# ---------------------------------------------------------------------------------------------------
+# U-statistics and the bootstrap
+# ---------------------------------------------------------------------------------------------------
+
+
+def bootstrap_weights(n_prompts: int, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> Tensor:
+    """(n_boot, N) multiplicities of a seeded bootstrap over prompts (row 0 is not special)."""
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.randint(n_prompts, (n_boot, n_prompts), generator=generator)
+    return torch.zeros(n_boot, n_prompts, dtype=torch.float64).scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.float64))
+
+
+def cross_mean(gram: Gram, weights: Tensor | None = None) -> Tensor:
+    """Mean of gram[n, m] over pairs of *different* prompts, optionally with bootstrap multiplicities.
+
+    With weights w (B, N) the pairs of distinct draws of distinct prompts count w_n w_m times, so a prompt
+    drawn twice is never paired with itself. Returns (*batch) or (B, *batch).
+    """
+    if weights is None:
+        n = gram.shape[-1]
+        off = gram.sum((-1, -2)) - torch.diagonal(gram, dim1=-2, dim2=-1).sum(-1)
+        return off / (n * (n - 1))
+    weights = weights.to(gram.dtype)
+    diag = torch.diagonal(gram, dim1=-2, dim2=-1)
+    full = torch.einsum("bn,...nm,bm->b...", weights, gram, weights)
+    self_pairs = torch.einsum("bn,...n->b...", weights**2, diag)
+    norm = weights.sum(-1) ** 2 - (weights**2).sum(-1)
+    return (full - self_pairs) / norm.view(-1, *([1] * (gram.dim() - 2)))
+
+
+def _weighted_mean(values: Tensor, weights: Tensor | None) -> Tensor:
+    if weights is None:
+        return values.mean(-1)
+    weights = weights.to(values.dtype)
+    return torch.einsum("bn,...n->b...", weights, values) / weights.sum(-1).view(-1, *([1] * (values.dim() - 1)))
+
+
+def shares(grams: Grams, weights: Tensor | None = None) -> dict[str, Tensor]:
+    """Per layer and head: the energies and shares of the decomposition, each (L, H) or (B, L, H)."""
+    energies = {name: cross_mean(g, weights) for name, g in grams.components().items()}
+    energies["count"] = _weighted_mean(grams.count, weights)
+    if grams.sink is not None:
+        energies["sink"] = cross_mean(grams.sink, weights)
+    total = energies["total"]
+    out = {f"E_{name}": value for name, value in energies.items()}
+    out["L_rel"] = energies["relative"] / total
+    out["L_mask"] = energies["row"] / total
+    out["L_res"] = energies["remainder"] / total
+    out["L_mask_count"] = energies["count"] / total
+    out["L_mask_rest"] = out["L_mask"] - out["L_mask_count"]
+    out["E_absolute"] = energies["row"] + energies["remainder"]
+    out["L_abs"] = out["E_absolute"] / total
+    if "sink" in energies:
+        out["sink_share"] = energies["sink"] / total
+    return out
+
+
+def aggregate(values: Tensor, how: str = "median", numerator: Tensor | None = None,
+              denominator: Tensor | None = None) -> Tensor:
+    """Aggregate per-head shares over the last two axes (layer, head): median, or ratio of sums."""
+    if how == "median":
+        return values.flatten(-2).median(-1).values
+    if how == "ratio":
+        return numerator.flatten(-2).sum(-1) / denominator.flatten(-2).sum(-1)
+    raise ValueError(how)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------------
+
+
+def decomposition_table(dec: Decomposition) -> pd.DataFrame:
+    """One row per window x key domain x layer x head with the energies and shares (point estimates)."""
+    frames = []
+    for (window, keys), grams in dec.grams.items():
+        values = shares(grams)
+        L, H = values["L_res"].shape
+        frame = pd.DataFrame({name: v.reshape(-1).numpy() for name, v in values.items()})
+        frame.insert(0, "head", np.tile(np.arange(H), L))
+        frame.insert(0, "layer_kind", np.repeat(dec.layer_kind, H))
+        frame.insert(0, "layer", np.repeat(dec.layers, H))
+        frame.insert(0, "keys", keys)
+        frame.insert(0, "window", window)
+        frames.append(frame)
+    table = pd.concat(frames, ignore_index=True)
+    table.insert(0, "condition", dec.condition)
+    table.insert(0, "model", dec.model)
+    return table
+
+
+def layer_table(dec: Decomposition) -> pd.DataFrame:
+    """One row per window x key domain x layer: shares as a ratio of sums over heads and as a median."""
+    rows = []
+    for (window, keys), grams in dec.grams.items():
+        values = shares(grams)
+        for index, layer in enumerate(dec.layers):
+            row = dict(model=dec.model, condition=dec.condition, window=window, keys=keys, layer=layer,
+                       layer_kind=dec.layer_kind[index])
+            total = values["E_total"][index].sum()
+            for name in ("relative", "row", "remainder", "count"):
+                row[f"ratio_{name}"] = float(values[f"E_{name}"][index].sum() / total)
+            row["L_res"], row["L_mask"] = row.pop("ratio_remainder"), row.pop("ratio_row")
+            row["L_rel"], row["L_mask_count"] = row.pop("ratio_relative"), row.pop("ratio_count")
+            row["L_res_median"] = float(values["L_res"][index].median())
+            row["L_mask_median"] = float(values["L_mask"][index].median())
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _select(dec: Decomposition, layers: list[int] | None) -> list[int]:
+    if layers is None:
+        return list(range(len(dec.layers)))
+    return [dec.layers.index(layer) for layer in layers]
+
+
+ENERGY_OF = {"L_abs": "E_absolute", "L_res": "E_remainder", "L_mask": "E_row", "L_rel": "E_relative", "L_mask_count": "E_count",
+             "sink_share": "E_sink"}
+
+
+def _statistic(dec: Decomposition, weights: Tensor | None, statistic: str, window: str, keys: str, how: str,
+               layers: list[int] | None) -> Tensor:
+    """One aggregated share of a decomposition, at the point estimate or for each bootstrap draw."""
+    values = shares(dec.grams[(window, keys)], weights)
+    index = _select(dec, layers)
+    if how == "median":
+        return aggregate(values[statistic][..., index, :], "median")
+    return aggregate(None, "ratio", values[ENERGY_OF[statistic]][..., index, :], values["E_total"][..., index, :])
+
+
+def headline(dec: Decomposition, statistic: str = "L_res", window: str = "early", keys: str = "bulk",
+             how: str = "median", layers: list[int] | None = None, n_boot: int = N_BOOTSTRAP,
+             seed: int = 0) -> dict:
+    """A headline number with its seeded bootstrap 95% interval over prompts.
+
+    ``statistic`` is a share of :func:`shares` (L_res, L_mask, L_mask_count, sink_share, ...); ``how`` is
+    "median" (median over the selected layers' heads) or "ratio" (ratio of summed energies).
+    """
+    args = (statistic, window, keys, how, layers)
+    point = float(_statistic(dec, None, *args))
+    boot = _statistic(dec, bootstrap_weights(dec.n_prompts, n_boot, seed), *args).numpy()
+    low, high = np.nanpercentile(boot, [2.5, 97.5])
+    return dict(model=dec.model, condition=dec.condition, statistic=statistic, window=window, keys=keys,
+                aggregate=how, value=point, ci_low=float(low), ci_high=float(high), n_prompts=dec.n_prompts)
+
+
+def compare(before: Decomposition, after: Decomposition, statistic: str = "L_res", window: str = "early",
+            keys: str = "bulk", how: str = "median", layers: list[int] | None = None,
+            n_boot: int = N_BOOTSTRAP, seed: int = 0) -> dict:
+    """Paired comparison of two conditions on the same prompts: the removed share 1 - after / before and
+    the difference after - before, each with a paired bootstrap 95% interval (the same resampled prompts
+    in both conditions). The removed share may be negative: the intervention then *adds* structure."""
+    if before.n_prompts != after.n_prompts:
+        raise AbsposError("A paired comparison needs the same prompts in both conditions.")
+    args = (statistic, window, keys, how, layers)
+    weights = bootstrap_weights(before.n_prompts, n_boot, seed)
+    b, a = float(_statistic(before, None, *args)), float(_statistic(after, None, *args))
+    bb, ab = _statistic(before, weights, *args).numpy(), _statistic(after, weights, *args).numpy()
+    removed, diff = 1 - ab / bb, ab - bb
+    return dict(model=before.model, before=before.condition, after=after.condition, statistic=statistic,
+                window=window, keys=keys, aggregate=how, value_before=b, value_after=a,
+                removed_share=1 - a / b, removed_low=float(np.nanpercentile(removed, 2.5)),
+                removed_high=float(np.nanpercentile(removed, 97.5)), difference=a - b,
+                diff_low=float(np.nanpercentile(diff, 2.5)), diff_high=float(np.nanpercentile(diff, 97.5)))
+
+
+def depth_slope(dec: Decomposition, statistic: str = "L_res", window: str = "late", keys: str = "bulk",
+                layers: list[int] | None = None, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> dict:
+    """Least-squares slope of a per-layer share (ratio of sums over heads) against layer index, with a
+    bootstrap interval: does the component accumulate with depth over the selected layers?"""
+    layers = list(dec.layers) if layers is None else list(layers)
+    if len(layers) < 2:
+        raise AbsposError("A slope over depth needs at least two layers.")
+    x = torch.tensor(layers, dtype=torch.float64)
+    x = (x - x.mean()) / ((x - x.mean()) ** 2).sum()
+
+    def slope(weights):
+        per_layer = torch.stack([_statistic(dec, weights, statistic, window, keys, "ratio", [layer]) for layer in layers], -1)
+        return per_layer @ x
+
+    point = float(slope(None))
+    boot = slope(bootstrap_weights(dec.n_prompts, n_boot, seed)).numpy()
+    low, high = np.nanpercentile(boot, [2.5, 97.5])
+    return dict(model=dec.model, condition=dec.condition, statistic=statistic, window=window, keys=keys,
+                slope_per_layer=point, ci_low=float(low), ci_high=float(high), layers=layers)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Linear ΔR² (the authors' earlier convention), on full triangles only
+# ---------------------------------------------------------------------------------------------------
+
+
+def _r2(y: Tensor, design: Tensor) -> Tensor:
+    beta = torch.linalg.solve(design.T @ design, design.T @ y.unsqueeze(-1)).squeeze(-1)  # batched
+    fitted = beta @ design.T
+    resid = ((y - fitted) ** 2).sum(-1)
+    total = ((y - y.mean(-1, keepdim=True)) ** 2).sum(-1)
+    return 1 - resid / total
+
+
+def linear_delta_r2(values: PairValues, rows: np.ndarray, cols: np.ndarray) -> Tensor:
+    """ΔR² = R²(y ~ 1 + i + j) - R²(y ~ 1 + (i - j)) per prompt and head, on a full triangle only.
+
+    A full triangle is {(i, j): k <= j <= i < end} — every query from the first key on sees all keys from
+    it. On any other domain (a late window is a trapezoid, a sliding window a band, and even the early
+    window [1, 32) with key 0 lacks the pair (0, 0)) E[i | i - j] is not linear in i - j, so a purely
+    relative y gets ΔR² > 0: the function refuses those domains. The book uses the bulk triangle
+    1 <= j <= i < 32.
+    """
+    domain = PairDomain(rows, cols)
+    first_key = int(np.min(cols))
+    if not domain.is_full_triangle(first_key) or int(np.min(rows)) != first_key:
+        raise AbsposError(
+            "Linear ΔR² is only defined here on a full triangle (queries from i = 1, every key j <= i): on a "
+            "trapezoid or a band it is not zero for purely relative scores; use the position decomposition."
+        )
+    y = values.double()
+    i = torch.from_numpy(rows).double()
+    j = torch.from_numpy(cols).double()
+    ones = torch.ones_like(i)
+    return _r2(y, torch.stack([ones, i, j], 1)) - _r2(y, torch.stack([ones, i - j], 1))
+
+
+def linear_delta_r2_loop(values: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Reference implementation: one ``numpy.linalg.lstsq`` per prompt and head (for the benchmark)."""
+    n, h, _ = values.shape
+    out = np.zeros((n, h))
+    ones = np.ones(len(rows))
+    abs_design = np.stack([ones, rows, cols], 1).astype(np.float64)
+    rel_design = np.stack([ones, rows - cols], 1).astype(np.float64)
+    for a in range(n):
+        for b in range(h):
+            y = values[a, b].astype(np.float64)
+            total = ((y - y.mean()) ** 2).sum()
+            r2 = []
+            for design in (abs_design, rel_design):
+                beta = np.linalg.lstsq(design, y, rcond=None)[0]
+                r2.append(1 - ((y - design @ beta) ** 2).sum() / total)
+            out[a, b] = r2[0] - r2[1]
+    return out
+
+
+def linear_table(cap: Capture) -> pd.DataFrame:
+    """Linear ΔR² of s and of log a on the bulk triangle 1 <= j <= i < early_end, mean over prompts.
+
+    Layers whose early window is not a full triangle (a sliding window shorter than it) get no row.
+    """
+    rows = []
+    for index, layer in enumerate(cap.layers):
+        pairs = cap.pairs["early"][index]
+        for keys in ("bulk",):
+            select = pairs.cols >= 1
+            for quantity, values in (("s", cap.early_scores[index]), ("log_a", cap.window_logw["early"][index])):
+                try:
+                    delta = linear_delta_r2(values[..., select], pairs.rows[select], pairs.cols[select])
+                except AbsposError:
+                    continue
+                for head, value in enumerate(delta.mean(0).tolist()):
+                    rows.append(dict(model=cap.model, condition=cap.condition, layer=layer, head=head, keys=keys,
+                                     quantity=quantity, delta_r2=value))
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sinks
+# ---------------------------------------------------------------------------------------------------
+
+
+def sink_scores(key0: Float[Tensor, "layer prompt head query"], n_visible: Float[Tensor, "layer query"],
+                weights: Tensor | None = None) -> Tensor:
+    """Sink score per layer and head, (L, H): mean a_i0 over prompts and over the queries i >= 1 that can
+    see key 0 (all of keys 0..i visible; a sliding window hides key 0 from i >= W)."""
+    T = key0.shape[-1]
+    sees = (n_visible >= torch.arange(1, T + 1)).double()
+    sees[:, 0] = 0.0
+    per_prompt = (key0.double() * sees[:, None, None, :]).sum(-1) / sees.sum(-1).clamp_min(1)[:, None, None]
+    return _weighted_mean(per_prompt.permute(0, 2, 1), weights)
+
+
+def sink_table(cap: Capture, epsilon: float = SINK_EPSILON) -> pd.DataFrame:
+    """One row per layer and head: sink score and whether the head is sink-reading (score > epsilon)."""
+    scores = sink_scores(cap.key0, cap.n_visible)
+    L, H = scores.shape
+    return pd.DataFrame(dict(model=cap.model, condition=cap.condition, layer=np.repeat(cap.layers, H),
+                             layer_kind=np.repeat(cap.layer_kind, H), head=np.tile(np.arange(H), L),
+                             sink_score=scores.reshape(-1).numpy(), seq_len=cap.seq_len,
+                             sink_reading=(scores > epsilon).reshape(-1).numpy()))
+
+
+def sink_rate(cap: Capture, epsilon: float = SINK_EPSILON, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> dict:
+    """Share of (layer, head) pairs with sink score > epsilon (Gu et al. 2025), with a bootstrap interval.
+
+    It depends on T (more keys share the mass), so T is always reported with it.
+    """
+    point = float((sink_scores(cap.key0, cap.n_visible) > epsilon).double().mean())
+    weights = bootstrap_weights(cap.n_prompts, n_boot, seed)
+    boot = (sink_scores(cap.key0, cap.n_visible, weights) > epsilon).double().mean((-1, -2))
+    low, high = np.percentile(boot.numpy(), [2.5, 97.5])
+    return dict(model=cap.model, condition=cap.condition, sink_rate=point, ci_low=float(low), ci_high=float(high),
+                seq_len=cap.seq_len, epsilon=epsilon)
+
+
+def compare_sink_rate(before: Capture, after: Capture, epsilon: float = SINK_EPSILON,
+                      n_boot: int = N_BOOTSTRAP, seed: int = 0) -> dict:
+    """Paired change of the sink rate between two conditions on the same prompts, with its interval."""
+    weights = bootstrap_weights(before.n_prompts, n_boot, seed)
+    rates = [(sink_scores(c.key0, c.n_visible, weights) > epsilon).double().mean((-1, -2)).numpy()
+             for c in (before, after)]
+    points = [float((sink_scores(c.key0, c.n_visible) > epsilon).double().mean()) for c in (before, after)]
+    low, high = np.percentile(rates[1] - rates[0], [2.5, 97.5])
+    return dict(model=before.model, before=before.condition, after=after.condition, rate_before=points[0],
+                rate_after=points[1], difference=points[1] - points[0], diff_low=float(low), diff_high=float(high),
+                seq_len=before.seq_len)
+
+
+def sink_curve(cap: Capture) -> pd.DataFrame:
+    """Mean a_i0 over prompts and heads per layer and query, beside the uniform 1 / n_i."""
+    mean = cap.key0.mean((1, 2))  # (L, T)
+    L, T = mean.shape
+    return pd.DataFrame(dict(model=cap.model, condition=cap.condition, layer=np.repeat(cap.layers, T),
+                             query=np.tile(np.arange(T), L), key0_weight=mean.reshape(-1).numpy(),
+                             uniform=(1.0 / cap.n_visible.double()).reshape(-1).numpy()))
+
+
+def row_statistics(cap: Capture) -> pd.DataFrame:
+    """Per layer and query (mean over prompts and heads): log Z_i, number of visible keys, entropy."""
+    L, _, _, T = cap.log_z.shape
+    return pd.DataFrame(dict(model=cap.model, condition=cap.condition, layer=np.repeat(cap.layers, T),
+                             query=np.tile(np.arange(T), L), log_z=cap.log_z.mean((1, 2)).reshape(-1).numpy(),
+                             n_visible=cap.n_visible.reshape(-1).numpy(),
+                             entropy=cap.entropy.mean((1, 2)).reshape(-1).numpy(),
+                             uniform_entropy=np.log(cap.n_visible.double()).reshape(-1).numpy()))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Position 0: trajectory and fingerprint
+# ---------------------------------------------------------------------------------------------------
+
+
+def trajectory_table(cap: Capture) -> pd.DataFrame:
+    """The position-0 residual stream per depth (0 = embedding output, l + 1 = after layer l).
+
+    Columns: mean norm over prompts, cosine with the previous depth, cross-prompt spread (the largest
+    distance between two prompts' vectors) and that spread relative to the norm, and the largest |h| entry
+    (the "massive activation" scale) with its dimension.
+    """
+    h = cap.resid0.double()  # (L+1, N, d)
+    norms = h.norm(dim=-1)
+    cosine = torch.nn.functional.cosine_similarity(h[1:], h[:-1], dim=-1).mean(-1)
+    spread = torch.cdist(h, h).flatten(1).max(-1).values
+    mean_abs = h.abs().mean(1)
+    top_value, top_dim = mean_abs.max(-1)
+    depth = ["embedding"] + [f"layer {layer}" for layer in cap.layers]
+    return pd.DataFrame(dict(model=cap.model, condition=cap.condition, depth=np.arange(len(depth)), stage=depth,
+                             norm=norms.mean(-1).numpy(), cosine_prev=np.r_[np.nan, cosine.numpy()],
+                             spread=spread.numpy(), relative_spread=(spread / norms.mean(-1)).numpy(),
+                             massive_value=top_value.numpy(), massive_dim=top_dim.numpy(),
+                             median_abs=h.abs().median(-1).values.mean(-1).numpy()))
+
+
+def _pairwise_cosine(x: Tensor, y: Tensor | None = None) -> Tensor:
+    """Mean cosine between different rows of x (or between all rows of x and of y): (..., N, d) -> (...)."""
+    xn = torch.nn.functional.normalize(x.double(), dim=-1)
+    if y is None:
+        sims = xn @ xn.transpose(-1, -2)
+        n = x.shape[-2]
+        return (sims.sum((-1, -2)) - torch.diagonal(sims, dim1=-2, dim2=-1).sum(-1)) / (n * (n - 1))
+    yn = torch.nn.functional.normalize(y.double(), dim=-1)
+    return (xn @ yn.transpose(-1, -2)).mean((-1, -2))
+
+
+def fingerprint_table(cap: Capture, other: Capture | None = None) -> pd.DataFrame:
+    """Per layer and head: how alike the sink writes W_O v_0 are across prompts (mean cosine).
+
+    With ``other``, the cosine is taken between this capture's prompts and the other's (for example the
+    same first token in different texts).
+    """
+    writes = cap.sink_writes.permute(0, 2, 1, 3)  # (L, H, N, d)
+    cos = _pairwise_cosine(writes, None if other is None else other.sink_writes.permute(0, 2, 1, 3))
+    L, H = cos.shape
+    return pd.DataFrame(dict(model=cap.model, condition=cap.condition if other is None else f"{cap.condition} vs {other.condition}",
+                             layer=np.repeat(cap.layers, H), head=np.tile(np.arange(H), L),
+                             fingerprint_cosine=cos.reshape(-1).numpy(),
+                             write_norm=writes.norm(dim=-1).mean(-1).reshape(-1).numpy()))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Linear probe of absolute position
+# ---------------------------------------------------------------------------------------------------
+
+
+def position_probe(cap: Capture, ridge: float = 1.0, seed: int = 0) -> pd.DataFrame:
+    """Held-out R² of a ridge regression from the residual stream to the position index, per depth.
+
+    Prompts are split in two seeded halves (train / test), features standardised on the train half, and
+    the penalty is ``ridge`` times the number of training rows.
+    """
+    h = cap.probe_resid.double()  # (L+1, N, P, d)
+    depth, n, p, d = h.shape
+    if n < 2:
+        raise AbsposError("A position probe needs at least 2 prompts (one to train on, one to test).")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    train, test = order[: n // 2], order[n // 2 :]
+    target = torch.tensor(cap.probe_positions, dtype=torch.float64)
+    scores = []
+    for k in range(depth):
+        xtr, xte = h[k, train].reshape(-1, d), h[k, test].reshape(-1, d)
+        ytr, yte = target.repeat(len(train)), target.repeat(len(test))
+        mu, sd = xtr.mean(0), xtr.std(0).clamp_min(1e-6)
+        xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
+        ymu = ytr.mean()
+        beta = torch.linalg.solve(xtr.T @ xtr + ridge * len(xtr) * torch.eye(d, dtype=xtr.dtype), xtr.T @ (ytr - ymu))
+        pred = xte @ beta + ymu
+        scores.append(float(1 - ((yte - pred) ** 2).sum() / ((yte - yte.mean()) ** 2).sum()))
+    stages = ["embedding"] + [f"layer {layer}" for layer in cap.layers]
+    return pd.DataFrame(dict(model=cap.model, condition=cap.condition, depth=np.arange(depth), stage=stages,
+                             probe_r2=scores))
+
+
+def next_token_loss(cap: Capture, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> dict:
+    """Mean next-token cross-entropy (nats) with a bootstrap interval over prompts."""
+    loss = cap.loss.double()
+    boot = _weighted_mean(loss, bootstrap_weights(cap.n_prompts, n_boot, seed)).numpy()
+    return dict(model=cap.model, condition=cap.condition, loss=float(loss.mean()),
+                ci_low=float(np.percentile(boot, 2.5)), ci_high=float(np.percentile(boot, 97.5)))

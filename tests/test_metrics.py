@@ -1,0 +1,165 @@
+"""Each metric on hand-made cases with a known answer (no model involved)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from abspos_utils import claims
+from abspos_utils import metrics as M
+from abspos_utils.errors import AbsposError
+
+T = 128
+
+
+def domain(kind: str, window: int = 16):
+    """Visible pairs of three typical domains: the early triangle, a late trapezoid, a sliding band."""
+    i, j = np.nonzero(np.tril(np.ones((T, T), dtype=bool)))
+    if kind == "triangle":
+        keep = (i >= 1) & (i < 32)
+    elif kind == "trapezoid":
+        keep = i >= T // 2
+    else:
+        keep = (i >= T // 2) & (j > i - window)
+    n_visible = np.arange(1, T + 1) if kind != "band" else np.minimum(np.arange(1, T + 1), window)
+    return i[keep], j[keep], n_visible
+
+
+def relative(rows, cols, n_prompts=4, heads=2):
+    """A pure function of i - j (different per head), identical in every prompt."""
+    d = (rows - cols).astype(np.float64)
+    f = np.stack([np.exp(-d / 8.0), -np.log1p(d)])[:heads]
+    return torch.from_numpy(np.broadcast_to(f, (n_prompts, heads, len(rows))).copy())
+
+
+@pytest.mark.parametrize("kind", ["triangle", "trapezoid", "band"])
+def test_relative_scores_have_no_residual_component(kind):
+    rows, cols, n_visible = domain(kind)
+    out = M.decompose_values(relative(rows, cols), rows, cols, n_visible)
+    assert torch.allclose(out["L_res"], torch.zeros(2, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(out["L_mask"], torch.zeros(2, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(out["L_rel"], torch.ones(2, dtype=torch.float64), atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["triangle", "trapezoid", "band"])
+def test_a_row_term_moves_L_mask_and_leaves_L_res_at_zero(kind):
+    rows, cols, n_visible = domain(kind)
+    values = relative(rows, cols) + torch.from_numpy(np.sqrt(rows.astype(np.float64)))
+    out = M.decompose_values(values, rows, cols, n_visible)
+    assert torch.allclose(out["L_res"], torch.zeros(2, dtype=torch.float64), atol=1e-10)
+    assert (out["L_mask"] > 1e-3).all()
+    torch.testing.assert_close(out["L_rel"] + out["L_mask"] + out["L_res"], torch.ones(2, dtype=torch.float64))
+
+
+def test_a_known_within_row_term_gets_its_known_share():
+    rows, cols, n_visible = domain("trapezoid")
+    dom = M.pair_domain(rows, cols)
+    noise = torch.from_numpy(np.random.default_rng(0).normal(size=len(rows)))
+    within = noise - dom.joint(noise)  # orthogonal to every row and diagonal term
+    base = relative(rows, cols, heads=1)[0, 0]
+    centred = base - base.mean()
+    expected = float(within @ within / (centred @ centred + within @ within))
+    out = M.decompose_values((base + within).expand(3, 1, -1), rows, cols, n_visible)
+    assert float(out["L_res"][0]) == pytest.approx(expected, rel=1e-9)
+
+
+def test_uniform_attention_is_all_count_term():
+    """Uniform logits: a_ij = 1 / n_i, so log a = -log n_i is pure mask, all of it the count term."""
+    rows, cols, n_visible = domain("triangle")
+    values = torch.from_numpy(-np.log(n_visible[rows].astype(np.float64))).expand(3, 1, -1)
+    out = M.decompose_values(values, rows, cols, n_visible)
+    assert float(out["L_res"][0]) == pytest.approx(0.0, abs=1e-10)
+    assert float(out["L_mask"][0]) > 0.05
+    assert float(out["L_mask_count"][0]) == pytest.approx(float(out["L_mask"][0]), rel=1e-9)
+
+
+def test_cross_fitting_removes_content_noise():
+    """Noise that differs between prompts is not position: cross-fitted L_res stays near zero."""
+    rows, cols, n_visible = domain("trapezoid")
+    rng = np.random.default_rng(1)
+    values = relative(rows, cols, n_prompts=40, heads=1) + torch.from_numpy(rng.normal(0, 0.3, (40, 1, len(rows))))
+    out = M.decompose_values(values, rows, cols, n_visible)
+    naive = M.decompose_values(values[:1].expand(2, -1, -1), rows, cols, n_visible)  # a prompt with itself
+    assert abs(float(out["L_res"][0])) < 0.02
+    assert float(naive["L_res"][0]) > 0.2
+
+
+def test_cross_mean_with_weights_never_pairs_a_prompt_with_itself():
+    gram = torch.arange(16, dtype=torch.float64).view(4, 4)
+    gram = gram + gram.T
+    weights = torch.tensor([[2.0, 1.0, 0.0, 1.0]])
+    draws = [0, 0, 1, 3]
+    pairs = [(a, b) for x, a in enumerate(draws) for y, b in enumerate(draws) if x != y and a != b]
+    expected = np.mean([gram[a, b].item() for a, b in pairs])
+    assert float(M.cross_mean(gram, weights)[0]) == pytest.approx(expected)
+    assert float(M.cross_mean(gram)) == pytest.approx(float((gram.sum() - gram.diag().sum()) / 12))
+
+
+def test_linear_delta_r2_is_zero_on_a_full_triangle_and_refused_elsewhere():
+    rows, cols, _ = domain("triangle")
+    with pytest.raises(AbsposError, match="full triangle"):  # [1, 32) with key 0 lacks the pair (0, 0)
+        M.linear_delta_r2(relative(rows, cols), rows, cols)
+    rows, cols = rows[cols >= 1], cols[cols >= 1]
+    values = relative(rows, cols)
+    delta = M.linear_delta_r2(values, rows, cols)
+    assert delta.abs().max() < 1e-10
+    np.testing.assert_allclose(M.linear_delta_r2_loop(values.numpy(), rows, cols), delta.numpy(), atol=1e-9)
+    rows, cols, _ = domain("trapezoid")
+    with pytest.raises(AbsposError, match="full triangle"):
+        M.linear_delta_r2(relative(rows, cols), rows, cols)
+
+
+def test_linear_delta_r2_is_not_zero_for_relative_scores_on_a_trapezoid():
+    """Why the refusal: on a trapezoid, a curved f(i - j) leaks into i and j (metrics-study §3)."""
+    i, j = np.nonzero(np.tril(np.ones((T, T), dtype=bool)))
+    keep = i >= T // 2
+    rows, cols = i[keep], j[keep]
+    y = torch.from_numpy(np.exp(-(rows - cols) / 8.0))[None, None]
+    ones = torch.ones(len(rows), dtype=torch.float64)
+    r = torch.from_numpy(rows).double()
+    c = torch.from_numpy(cols).double()
+    delta = M._r2(y, torch.stack([ones, r, c], 1)) - M._r2(y, torch.stack([ones, r - c], 1))
+    assert float(delta) > 1e-3
+
+
+def test_sink_scores_of_a_hand_made_attention_tensor():
+    """Head 0 puts half of every row on key 0, head 1 is uniform (a_i0 = 1 / (i + 1))."""
+    L, N, H, T_ = 1, 3, 2, 64
+    key0 = torch.zeros(L, N, H, T_)
+    key0[:, :, 0, :] = 0.5
+    key0[:, :, 1, :] = 1.0 / torch.arange(1, T_ + 1)
+    n_visible = torch.arange(1, T_ + 1)[None]
+    scores = M.sink_scores(key0, n_visible)
+    assert float(scores[0, 0]) == pytest.approx(0.5)
+    assert float(scores[0, 1]) == pytest.approx(float((1.0 / torch.arange(2, T_ + 1)).mean()))
+    assert ((scores > M.SINK_EPSILON).double().mean()) == 0.5
+
+
+def test_sink_scores_ignore_queries_that_cannot_see_key0():
+    key0 = torch.full((1, 1, 1, 10), 0.4)
+    key0[..., 4:] = 0.0  # a window of 4 hides key 0 from i >= 4
+    n_visible = torch.minimum(torch.arange(1, 11), torch.tensor(4))[None]
+    assert float(M.sink_scores(key0, n_visible)[0, 0]) == pytest.approx(0.4)
+
+
+def test_bootstrap_is_seeded():
+    assert torch.equal(M.bootstrap_weights(8, 50, seed=3), M.bootstrap_weights(8, 50, seed=3))
+    assert not torch.equal(M.bootstrap_weights(8, 50, seed=3), M.bootstrap_weights(8, 50, seed=4))
+    assert (M.bootstrap_weights(8, 50).sum(-1) == 8).all()
+
+
+def test_verdict_rules_follow_the_intervals():
+    close = {"value": 0.38, "ci_low": 0.2, "ci_high": 0.5}
+    far = {"value": 0.05, "ci_low": -0.1, "ci_high": 0.2}
+    c5 = lambda *cs: claims.c5_bos_replacement("m", [dict(after=f"r{k}", removed_share=c["value"],
+                                                          removed_low=c["ci_low"], removed_high=c["ci_high"])
+                                                     for k, c in enumerate(cs)])
+    assert c5(close, close, far).verdict == claims.SUPPORTED
+    assert c5(close, far, far).verdict == claims.MIXED
+    assert c5(far, far).verdict == claims.NOT_SUPPORTED
+    assert "40%" in c5(far).summary
+    positive, straddling = {"value": 0.1, "ci_low": 0.05, "ci_high": 0.2}, {"value": 0.0, "ci_low": -0.1, "ci_high": 0.1}
+    assert claims.c1_absolute_position("m", positive, positive).verdict == claims.SUPPORTED
+    assert claims.c1_absolute_position("m", positive, straddling).verdict == claims.MIXED
+    assert claims.c1_absolute_position("m", straddling, straddling).verdict == claims.NOT_SUPPORTED
