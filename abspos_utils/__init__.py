@@ -7,3 +7,8 @@ records), ``runner`` (papermill runs and sweeps), ``bench`` and ``cli``.
 """
 
 __version__ = "0.1.0"
+
+import warnings as _warnings
+
+# tqdm.auto (imported by dependencies) warns inside notebooks when ipywidgets is absent; bars fall back to text.
+_warnings.filterwarnings("ignore", message="IProgress not found")

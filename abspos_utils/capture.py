@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .errors import AbsposError
 from .models import LoadedModel, describe

@@ -29,7 +29,7 @@ are kept as N x N Gram matrices, so a bootstrap over prompts only re-weights the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -192,6 +192,17 @@ class Decomposition:
     n_heads: int
     n_prompts: int
     grams: dict[tuple[str, str], Grams]
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def shares(self, window: str, keys: str, weights: Tensor | None = None) -> dict[str, Tensor]:
+        """:func:`shares` of one domain, remembered for the last bootstrap weights (headlines reuse them)."""
+        key = (window, keys, None if weights is None else id(weights))
+        if key not in self._cache:
+            if weights is not None:
+                self._cache = {k: v for k, v in self._cache.items() if k[2] is None}
+                self._weights = weights  # keep it alive so its id stays unique
+            self._cache[key] = shares(self.grams[(window, keys)], weights)
+        return self._cache[key]
 
 
 def decompose(cap: Capture) -> Decomposition:
@@ -218,8 +229,10 @@ def decompose(cap: Capture) -> Decomposition:
 # ---------------------------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=8)
 def bootstrap_weights(n_prompts: int, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> Tensor:
-    """(n_boot, N) multiplicities of a seeded bootstrap over prompts (row 0 is not special)."""
+    """(n_boot, N) multiplicities of a seeded bootstrap over prompts (cached: the same draws are shared,
+    so paired comparisons and repeated headlines resample the same prompts; do not modify it)."""
     generator = torch.Generator().manual_seed(seed)
     draws = torch.randint(n_prompts, (n_boot, n_prompts), generator=generator)
     return torch.zeros(n_boot, n_prompts, dtype=torch.float64).scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.float64))
@@ -236,11 +249,12 @@ def cross_mean(gram: Gram, weights: Tensor | None = None) -> Tensor:
         off = gram.sum((-1, -2)) - torch.diagonal(gram, dim1=-2, dim2=-1).sum(-1)
         return off / (n * (n - 1))
     weights = weights.to(gram.dtype)
-    diag = torch.diagonal(gram, dim1=-2, dim2=-1)
-    full = torch.einsum("bn,...nm,bm->b...", weights, gram, weights)
-    self_pairs = torch.einsum("bn,...n->b...", weights**2, diag)
+    batch_shape = gram.shape[:-2]
+    flat = gram.reshape(-1, *gram.shape[-2:])  # (G, N, N)
+    full = ((flat @ weights.T) * weights.T).sum(-2)  # (G, B): w^T gram w for every draw, as one matmul
+    self_pairs = torch.diagonal(flat, dim1=-2, dim2=-1) @ (weights**2).T  # (G, B)
     norm = weights.sum(-1) ** 2 - (weights**2).sum(-1)
-    return (full - self_pairs) / norm.view(-1, *([1] * (gram.dim() - 2)))
+    return ((full - self_pairs) / norm).T.reshape(-1, *batch_shape)
 
 
 def _weighted_mean(values: Tensor, weights: Tensor | None) -> Tensor:
@@ -336,7 +350,7 @@ ENERGY_OF = {"L_abs": "E_absolute", "L_res": "E_remainder", "L_mask": "E_row", "
 def _statistic(dec: Decomposition, weights: Tensor | None, statistic: str, window: str, keys: str, how: str,
                layers: list[int] | None) -> Tensor:
     """One aggregated share of a decomposition, at the point estimate or for each bootstrap draw."""
-    values = shares(dec.grams[(window, keys)], weights)
+    values = dec.shares(window, keys, weights)
     index = _select(dec, layers)
     if how == "median":
         return aggregate(values[statistic][..., index, :], "median")
@@ -357,6 +371,16 @@ def headline(dec: Decomposition, statistic: str = "L_res", window: str = "early"
     low, high = np.nanpercentile(boot, [2.5, 97.5])
     return dict(model=dec.model, condition=dec.condition, statistic=statistic, window=window, keys=keys,
                 aggregate=how, value=point, ci_low=float(low), ci_high=float(high), n_prompts=dec.n_prompts)
+
+
+def headline_rows(dec: Decomposition, statistics=("L_abs", "L_res", "L_mask", "L_mask_count"),
+                  windows=("early", "late"), keys=KEY_DOMAINS, how: str = "median", seed: int = 0) -> list[dict]:
+    """Headline numbers with intervals for every statistic x window x key domain of a decomposition."""
+    rows = [headline(dec, statistic, window, key, how, seed=seed)
+            for statistic in statistics for window in windows for key in keys]
+    if "all" in keys:
+        rows += [headline(dec, "sink_share", window, "all", how, seed=seed) for window in windows]
+    return rows
 
 
 def compare(before: Decomposition, after: Decomposition, statistic: str = "L_res", window: str = "early",
@@ -502,6 +526,15 @@ def sink_table(cap: Capture, epsilon: float = SINK_EPSILON) -> pd.DataFrame:
                              sink_reading=(scores > epsilon).reshape(-1).numpy()))
 
 
+def sink_reading_heads(table: pd.DataFrame, epsilon: float = SINK_EPSILON, fallback: int = 3) -> pd.DataFrame:
+    """The sink-reading heads (score > epsilon) of a :func:`sink_table`; if there are none, the ``fallback``
+    heads with the highest scores, flagged in the column ``above_epsilon``."""
+    heads = table[table.sink_score > epsilon]
+    if heads.empty:
+        heads = table.nlargest(fallback, "sink_score")
+    return heads.assign(above_epsilon=heads.sink_score > epsilon)
+
+
 def sink_rate(cap: Capture, epsilon: float = SINK_EPSILON, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> dict:
     """Share of (layer, head) pairs with sink score > epsilon (Gu et al. 2025), with a bootstrap interval.
 
@@ -638,3 +671,25 @@ def next_token_loss(cap: Capture, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> d
     boot = _weighted_mean(loss, bootstrap_weights(cap.n_prompts, n_boot, seed)).numpy()
     return dict(model=cap.model, condition=cap.condition, loss=float(loss.mean()),
                 ci_low=float(np.percentile(boot, 2.5)), ci_high=float(np.percentile(boot, 97.5)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# RoPE frequencies under NTK scaling
+# ---------------------------------------------------------------------------------------------------
+
+
+def ntk_rotation_gap(head_dim: int, base: float, factor: float, seq_lens: list[int]) -> pd.DataFrame:
+    """How far NTK scaling moves each RoPE frequency over a prompt of T tokens.
+
+    Frequency k rotates by T * b**(-2k/d) radians over T tokens; NTK scaling changes the base to
+    b' = b * s**(d / (d - 2)). The gap T * (w_k - w'_k) is ~0 for the fast frequencies and only reaches
+    a sizeable angle for the slow ones once T is long: that is where NTK can change attention at all.
+    """
+    from .models import ntk_base
+
+    k = np.arange(head_dim // 2)
+    standard = base ** (-2 * k / head_dim)
+    scaled = ntk_base(base, factor, head_dim) ** (-2 * k / head_dim)
+    rows = [dict(frequency=int(i), seq_len=T, factor=factor, gap_radians=float(T * (standard[i] - scaled[i])))
+            for T in seq_lens for i in k]
+    return pd.DataFrame(rows)

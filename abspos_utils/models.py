@@ -385,6 +385,19 @@ def load_model(
     return LoadedModel(name, model, tokenizer, source, sha, time.perf_counter() - start, extra)
 
 
+def randomly_initialised(loaded: LoadedModel, seed: int = 0) -> LoadedModel:
+    """The same architecture and tokenizer with fresh random weights (seeded): the untrained control."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    parameter = next(loaded.model.parameters())
+    model = AutoModelForCausalLM.from_config(loaded.model.config, attn_implementation="eager")
+    model = model.to(device=parameter.device, dtype=parameter.dtype).eval()
+    model.requires_grad_(False)
+    return LoadedModel(loaded.name, model, loaded.tokenizer, f"random weights, seed {seed}", "",
+                       extra=dict(loaded.extra))
+
+
 # ---------------------------------------------------------------------------------------------------
 # Architecture description
 # ---------------------------------------------------------------------------------------------------
@@ -424,6 +437,21 @@ class Architecture:
     @property
     def full_layers(self) -> list[int]:
         return [layer.layer for layer in self.layers if layer.kind == "full"]
+
+    @property
+    def smallest_window(self) -> int | None:
+        windows = [layer.window for layer in self.layers if layer.window]
+        return min(windows) if windows else None
+
+    def require_window_reached(self, seq_len: int, name: str) -> None:
+        """A sliding window only changes attention once the prompt is longer than it."""
+        if self.smallest_window is None:
+            raise AbsposError(f"{name} has no sliding-window layer, so it cannot play the sliding-window role.")
+        if seq_len <= self.smallest_window:
+            raise AbsposError(
+                f"Prompts of {seq_len} tokens never reach {name}'s sliding window of {self.smallest_window}: "
+                f"use a sequence length above {self.smallest_window}."
+            )
 
     def table(self):
         """One row per layer: the per-layer part of the description as a DataFrame."""

@@ -38,7 +38,7 @@ CORPUS_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393b
 MIN_CORPUS_CHARS = 20_000  # two of the texts are short poems that cannot supply long prompts
 BOS_MODES = ("auto", "prepend", "none")
 PROMPT_KINDS = ("text", "random", "repeated", "file")
-REPEATED_TOKENS = (" the", " and", ".", " king")
+REPEATED_TOKENS = (" the", " and", ".", " king", " of", ",", " love", " night")
 
 
 @dataclass
