@@ -162,12 +162,14 @@ def trace_batch(
     intervention: Intervention | None = None,
     remote: bool = False,
     position_ids: Tensor | None = None,
+    with_loss: bool = False,
 ) -> dict:
     """Run one forward pass on ``input_ids`` and call ``on_layer(LayerView)`` for each layer in order.
 
     Returns the embedding output (after any intervention) and the per-prompt next-token loss. ``on_layer``
     runs inside the trace, so it should reduce the view to small tensors (nothing of size T x T).
     ``position_ids`` overrides the positions RoPE rotates by (the relativity test shifts them).
+    ``with_loss`` also computes the next-token loss (a softmax over the whole vocabulary: not free).
     """
     import nnsight
 
@@ -179,6 +181,8 @@ def trace_batch(
     layer_modules = model.model.layers
     try:
         extra = {} if position_ids is None else {"position_ids": position_ids.to(device)}
+        if not with_loss:
+            extra["logits_to_keep"] = 1  # skip the vocabulary projection the measurements do not read
         with model.trace(input_ids, remote=remote, **extra):
             if intervention.position0 is not None:
                 replacement = intervention.position0.to(device)
@@ -201,10 +205,12 @@ def trace_batch(
                 log_weights = torch.log_softmax(masked.float(), dim=-1).masked_fill(~visible, float("-inf"))
                 residual = layer_modules[index].output
                 on_layer(LayerView(index, scores, log_weights, visible, values.float(), residual.float()))
-            logits = model.output.logits
-            loss = torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().transpose(1, 2), input_ids[:, 1:], reduction="none"
-            ).mean(-1).cpu()
+            loss = None
+            if with_loss:
+                logits = model.output.logits
+                loss = torch.nn.functional.cross_entropy(
+                    logits[:, :-1].float().transpose(1, 2), input_ids[:, 1:], reduction="none"
+                ).mean(-1).cpu()
             saved = nnsight.save({"embeddings": embeddings, "loss": loss})
     except torch.OutOfMemoryError:
         raise AbsposError(
@@ -241,7 +247,7 @@ class Capture:
     - ``sink_writes``: (L, N, H, d) W_O^h v_0, what head h writes per unit of attention on position 0;
     - ``resid0``: (L + 1, N, d) position-0 residual stream: the embedding output, then after each layer;
     - ``probe_resid``: (L + 1, N, P, d) residual stream at ``probe_positions`` (for position probes);
-    - ``loss``: (N,) mean next-token cross-entropy.
+    - ``loss``: (N,) mean next-token cross-entropy, when captured ``with_loss``.
     """
 
     model: str
@@ -261,7 +267,7 @@ class Capture:
     resid0: Tensor
     probe_positions: list[int]
     probe_resid: Tensor
-    loss: Tensor
+    loss: Tensor | None
     meta: dict = field(default_factory=dict)
 
     @property
@@ -292,6 +298,7 @@ def capture(
     n_probe_positions: int = 48,
     remote: bool = False,
     progress: bool = True,
+    with_loss: bool = False,
 ) -> Capture:
     """Run the prompts through the model and keep, per layer, the statistics the metrics need."""
     check_bos(prompts)
@@ -346,7 +353,7 @@ def capture(
         if position0 is not None and position0.dim() == 2:
             position0 = position0[start : start + len(batch)]
         batch_intervention = Intervention(intervention.label, position0, intervention.window)
-        saved = trace_batch(loaded, batch, layers, on_layer, batch_intervention, remote)
+        saved = trace_batch(loaded, batch, layers, on_layer, batch_intervention, remote, with_loss=with_loss)
         embeds.append(saved["embeddings"][:, 0])
         losses.append(saved["loss"])
         bar.update()
@@ -379,6 +386,6 @@ def capture(
         resid0=torch.cat([torch.cat(embeds)[None], stacked("resid0")]),
         probe_positions=probe_positions,
         probe_resid=torch.cat([embed_probe[None], stacked("probe")]),
-        loss=torch.cat(losses),
+        loss=torch.cat(losses) if with_loss else None,
         meta={"window": intervention.window, **loaded.provenance},
     )

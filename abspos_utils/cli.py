@@ -37,7 +37,7 @@ def _models_describe(args: argparse.Namespace) -> None:
 def _bench(args: argparse.Namespace) -> None:
     from .bench import main as bench_main
 
-    bench_main(model=args.model, seq_lens=args.seq_len, n_prompts=args.n_prompts)
+    bench_main(model=args.model, seq_lens=args.seq_len, n_prompts=args.n_prompts, device=args.device)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", default="gemma3-270m")
     bench.add_argument("--seq-len", type=int, nargs="+", default=[256, 1024])
     bench.add_argument("--n-prompts", type=int, default=8)
+    bench.add_argument("--device", default="cpu", help="cpu or cuda (bf16 on cuda)")
     bench.set_defaults(func=_bench)
 
     from . import runner

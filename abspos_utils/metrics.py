@@ -120,50 +120,48 @@ def pair_domain(rows: np.ndarray, cols: np.ndarray) -> PairDomain:
 
 @dataclass
 class Grams:
-    """Cross-prompt inner products of one domain, for every layer and head: each (L, H, N, N).
+    """Cross-prompt inner products of each part of the decomposition, for every layer and head.
 
-    ``raw`` = <x_n, x_m>, ``one``/``toeplitz``/``joint`` = <P x_n, x_m> for P = P_1, P_T, P_J; ``count``
-    (L, H, N) = <(P_J - P_T)(-log n_i), x_m>; ``sink`` (all keys only) = <c(x_n)_{j=0}, c(x_m)_{j=0}>.
+    ``total``, ``relative``, ``row``, ``remainder``: (L, H, N, N) Gram matrices <part(x_n), part(x_m)> of
+    the centred values and of their three orthogonal parts (P_T - P_1) x, (P_J - P_T) x and (I - P_J) x,
+    each computed from the part itself rather than as a difference of energies, so that a zero part is
+    zero to float error. ``count`` (L, H, N) = <(P_J - P_T)(-log n_i), x_m>; ``sink`` (all keys only) =
+    <c(x_n)_{j=0}, c(x_m)_{j=0}>.
     """
 
-    raw: Tensor
-    one: Tensor
-    toeplitz: Tensor
-    joint: Tensor
+    total: Tensor
+    relative: Tensor
+    row: Tensor
+    remainder: Tensor
     count: Tensor
     sink: Tensor | None
 
+    PARTS = ("total", "relative", "row", "remainder")
+
     def components(self) -> dict[str, Tensor]:
         """The cross-fitted energy Gram matrix of each part of the decomposition."""
-        return {
-            "total": self.raw - self.one,
-            "relative": self.toeplitz - self.one,
-            "row": self.joint - self.toeplitz,
-            "remainder": self.raw - self.joint,
-        }
+        return {name: getattr(self, name) for name in self.PARTS}
 
 
-def _gram(a: Tensor, b: Tensor) -> Tensor:
-    return torch.einsum("nhp,mhp->hnm", a, b)
+def _gram(a: Tensor) -> Tensor:
+    return torch.einsum("nhp,mhp->hnm", a, a)
 
 
 def domain_grams(values: PairValues, domain: PairDomain, log_counts: np.ndarray, key0: np.ndarray | None) -> dict:
     """Gram matrices of one layer on one domain (float64). ``log_counts`` is log n_i per pair."""
     x = values.double()
-    x = torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+    centred = x - domain.mean(x)
+    toeplitz, joint = domain.toeplitz(x), domain.joint(x)
     count_vector = -torch.from_numpy(log_counts).double()
     row_part_of_count = domain.joint(count_vector) - domain.toeplitz(count_vector)
     out = {
-        "raw": _gram(x, x),
-        "one": _gram(domain.mean(x), x),
-        "toeplitz": _gram(domain.toeplitz(x), x),
-        "joint": _gram(domain.joint(x), x),
+        "total": _gram(centred),
+        "relative": _gram(toeplitz - domain.mean(x)),
+        "row": _gram(joint - toeplitz),
+        "remainder": _gram(x - joint),
         "count": torch.einsum("p,nhp->hn", row_part_of_count, x),
-        "sink": None,
+        "sink": None if key0 is None else _gram(centred[..., key0]),
     }
-    if key0 is not None:
-        centred = (x - x.mean(-1, keepdim=True))[..., key0]
-        out["sink"] = _gram(centred, centred)
     return out
 
 
@@ -176,7 +174,7 @@ def decompose_values(values: PairValues, rows: np.ndarray, cols: np.ndarray, n_v
     domain = pair_domain(rows, cols)
     log_counts = np.log(np.asarray(n_visible, dtype=np.float64)[domain.rows])
     grams = domain_grams(torch.as_tensor(values), domain, log_counts, (domain.cols == 0) if (domain.cols == 0).any() else None)
-    stacked = Grams(**{k: grams[k][None] for k in ("raw", "one", "toeplitz", "joint", "count")},
+    stacked = Grams(**{k: grams[k][None] for k in (*Grams.PARTS, "count")},
                     sink=None if grams["sink"] is None else grams["sink"][None])
     return {name: value[0] for name, value in shares(stacked).items()}
 
@@ -217,7 +215,7 @@ def decompose(cap: Capture) -> Decomposition:
                 log_counts = np.log(cap.n_visible[index].numpy()[domain.rows].astype(np.float64))
                 key0 = (domain.cols == 0) if keys == "all" else None
                 per_layer.append(domain_grams(cap.window_logw[window][index][..., select], domain, log_counts, key0))
-            stacked = {k: torch.stack([g[k] for g in per_layer]) for k in ("raw", "one", "toeplitz", "joint", "count")}
+            stacked = {k: torch.stack([g[k] for g in per_layer]) for k in (*Grams.PARTS, "count")}
             sink = torch.stack([g["sink"] for g in per_layer]) if keys == "all" else None
             grams[(window, keys)] = Grams(**stacked, sink=sink)
     n_heads = cap.key0.shape[2]
@@ -430,8 +428,8 @@ def depth_slope(dec: Decomposition, statistic: str = "L_res", window: str = "lat
 
 
 def _r2(y: Tensor, design: Tensor) -> Tensor:
-    beta = torch.linalg.solve(design.T @ design, design.T @ y.unsqueeze(-1)).squeeze(-1)  # batched
-    fitted = beta @ design.T
+    """R² of the least-squares fit of every row of y (..., P) on the shared design (P, k)."""
+    fitted = (y @ torch.linalg.pinv(design).T) @ design.T  # one pseudo-inverse serves every prompt and head
     resid = ((y - fitted) ** 2).sum(-1)
     total = ((y - y.mean(-1, keepdim=True)) ** 2).sum(-1)
     return 1 - resid / total
@@ -667,6 +665,8 @@ def position_probe(cap: Capture, ridge: float = 1.0, seed: int = 0) -> pd.DataFr
 
 def next_token_loss(cap: Capture, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> dict:
     """Mean next-token cross-entropy (nats) with a bootstrap interval over prompts."""
+    if cap.loss is None:
+        raise AbsposError("This capture has no next-token loss: capture it with with_loss=True.")
     loss = cap.loss.double()
     boot = _weighted_mean(loss, bootstrap_weights(cap.n_prompts, n_boot, seed)).numpy()
     return dict(model=cap.model, condition=cap.condition, loss=float(loss.mean()),

@@ -71,12 +71,12 @@ for name in models:
     prompts = run.prompts(loaded)
     if not prompts.has_bos:
         raise AbsposError(f"The prompts for {name} do not start with BOS (bos='{bos}'): run this chapter with bos='prepend'.")
-    original = run.measure(loaded, prompts, "original")
+    original = run.measure(loaded, prompts, "original", with_loss=True)
     run.table("sink_rate", metrics.sink_rate(original.capture, seed=seed))
     run.table("loss", metrics.next_token_loss(original.capture, seed=seed))
     for kind in POSITION0_KINDS:
         intervention = position0_replacement(loaded, prompts, kind, token=replacement_token, seed=seed)
-        replaced = run.measure(loaded, prompts, intervention.label, intervention)
+        replaced = run.measure(loaded, prompts, intervention.label, intervention, with_loss=True)
         for keys in ("bulk", "all"):
             result = metrics.compare(original.decomposition, replaced.decomposition, "L_res", "early", keys, seed=seed)
             run.table("removed_share", result)

@@ -1,0 +1,68 @@
+"""Every notebook executes through papermill, on tiny models (fast) and on SmolLM2 with few prompts (slow),
+without an error output, with figures, tables and computed verdicts."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pandas as pd
+import pytest
+from conftest import FINDINGS
+
+from abspos_utils.runner import run_notebook
+
+CLAIMS = {"01_mask_denominator": {"C1", "C2"}, "02_residual_trajectory": {"C3"},
+          "03_architecture_comparison": {"C4"}, "04_bos_replacement": {"C5"}, "05_sink_fingerprint": {"C6"}}
+
+
+def outputs(path):
+    notebook = nbformat.read(path, as_version=4)
+    return [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+
+
+def check_executed(findings, name, models):
+    executed = outputs(findings / f"{name}.ipynb")
+    assert not [o for o in executed if o.output_type == "error"], f"{name} has an error output"
+    assert sum("image/png" in o.get("data", {}) for o in executed) >= 1, f"{name} drew no figure"
+    folder = findings / name
+    tables = list(folder.glob("*.parquet"))
+    assert tables and all(len(pd.read_parquet(t)) > 0 for t in tables)
+    record = json.loads((folder / "verdicts.json").read_text())
+    assert {v["claim"] for v in record["verdicts"]} == CLAIMS[name]
+    for verdict in record["verdicts"]:
+        assert verdict["verdict"] in {"supported", "not supported", "mixed"}
+        assert verdict["rule"] and verdict["numbers"]
+    assert {v["model"].split(" (")[0] for v in record["verdicts"]} <= set(models)
+    assert record["versions"]["torch"] and record["parameters"]["seed"] == 0
+
+
+@pytest.mark.parametrize("name", FINDINGS)
+def test_notebook_runs_on_tiny_models(tiny_book, name):
+    check_executed(tiny_book / "book" / "findings", name, ["tiny-llama", "tiny-gemma3"])
+
+
+def test_notebook_runs_are_deterministic(tiny_book, tmp_path):
+    """The same parameters give the same tables."""
+    name = "02_residual_trajectory"
+    from conftest import TINY_PARAMETERS
+
+    run_notebook(name, dict(TINY_PARAMETERS[name], output_dir=str(tmp_path / name)), out=tmp_path / "x.ipynb",
+                 progress=False)
+    for table in (tiny_book / "book" / "findings" / name).glob("*.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(table), pd.read_parquet(tmp_path / name / table.name))
+
+
+def test_scorecard_collects_every_claim(tiny_book):
+    scorecard = pd.read_parquet(tiny_book / "book" / "findings" / "06_scorecard" / "scorecard.parquet")
+    assert set(scorecard["claim"]) >= {"C1", "C2", "C3", "C4", "C5", "C6"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FINDINGS)
+def test_notebook_runs_on_smollm2(tmp_path, name):
+    parameters = dict(model=["smollm2-135m"], n_prompts=4, seq_len=64, output_dir=str(tmp_path / name))
+    if name == "03_architecture_comparison":
+        parameters.update(ntk_factors=[4.0], ntk_seq_lens=[64], n_prompts_long=4)
+    run_notebook(name, parameters, out=tmp_path / f"{name}.ipynb", progress=False)
+    check_executed(tmp_path, name, ["smollm2-135m"])
