@@ -189,7 +189,7 @@ ntk_label = f"NTK s={ntk_factor:g}"
 for name in standard:
     ntk_effect = metrics.compare(measured[name, "standard RoPE"].decomposition, measured[name, ntk_label].decomposition,
                                  "L_res", "early", "bulk", seed=seed)
-    run.verdict(claims.c4_architecture(f"{name} (NTK s={ntk_factor:g})", "ntk", early(name, ntk_label, "L_res"),
+    run.verdict(claims.c4_architecture(f"{name}-ntk", "ntk", early(name, ntk_label, "L_res"),
                                        early(name, ntk_label, "L_mask"), ntk_effect))
 for name in sliding:
     dec = measured[name, "sliding window"].decomposition

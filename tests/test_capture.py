@@ -147,3 +147,35 @@ def test_prompts_are_deterministic_and_bos_is_checked(tiny_llama):
     assert not (none.input_ids[:, 0] == 1).any()
     random = make_prompts(tiny_llama.tokenizer, "random", n_prompts=3, seq_len=SEQ, bos="none")
     assert random.input_ids.min() >= 4  # no special tokens
+
+
+def test_prompts_from_a_user_file(tiny_llama, tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text("It was the best of times, it was the worst of times. " * 40)
+    prompts = make_prompts(tiny_llama.tokenizer, "file", n_prompts=3, seq_len=SEQ, path=path)
+    assert prompts.input_ids.shape == (3, SEQ)
+    with pytest.raises(AbsposError, match="fewer than 100 prompts"):
+        make_prompts(tiny_llama.tokenizer, "file", n_prompts=100, seq_len=SEQ, path=path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fixture", ["smollm2", "gemma3"])
+def test_real_models_pass_the_repeated_token_control(fixture, request):
+    loaded = request.getfixturevalue(fixture)
+    prompts = make_prompts(loaded.tokenizer, "repeated", n_prompts=4, seq_len=64, bos="none")
+    values = M.shares(M.decompose(capture(loaded, prompts, progress=False)).grams[("early", "all")])
+    assert values["L_res"].abs().max() < 1e-5
+    assert float(values["L_mask"].median()) > 0.01
+
+
+@pytest.mark.slow
+def test_sink_rate_of_smollm2_matches_plain_transformers(smollm2):
+    """The capture's sink rate equals one computed independently from output_attentions=True."""
+    prompts = make_prompts(smollm2.tokenizer, n_prompts=4, seq_len=64, bos="auto")
+    ours = M.sink_rate(capture(smollm2, prompts, progress=False), n_boot=10)["sink_rate"]
+    with torch.no_grad():
+        attentions = smollm2.model(prompts.input_ids, output_attentions=True).attentions
+    key0 = torch.stack([a[..., 1:, 0] for a in attentions])  # (layer, prompt, head, query >= 1)
+    independent = float((key0.mean((1, 3)) > 0.3).double().mean())
+    assert ours == pytest.approx(independent)
+    assert ours > 0.3  # SmolLM2 has many sink heads (about 0.7 at T = 64-128)
