@@ -2,7 +2,8 @@
 
 For each prompt length it prints
 
-(a) a bare eager forward pass with ``output_attentions=True`` (time and peak memory),
+(a) a bare eager forward pass with ``output_attentions=True`` (time and peak memory; like the capture,
+    it skips the vocabulary projection with ``logits_to_keep=1``),
 (b) the project's capture of scores and weights for all layers plus every metric, as a ratio b / a,
 (c) the vectorized linear ΔR² against a per-head ``numpy.linalg.lstsq`` loop on the same data (speed-up
     and largest absolute difference),
@@ -77,9 +78,11 @@ def bench_one(loaded, seq_len: int, n_prompts: int) -> dict:
     ids = prompts.input_ids.to(device)
     out: dict = {}
     with torch.no_grad():
-        loaded.model(ids[:1, :16], output_attentions=True)  # warm-up
+        loaded.model(ids[:1, :16], output_attentions=True, logits_to_keep=1)  # warm-up
+    # Both sides skip the vocabulary projection (logits_to_keep=1): the measurements never read logits,
+    # and on Gemma's 262k vocabulary that projection alone would dominate the bare forward pass.
     with measured(out, "forward", device), torch.no_grad():
-        attentions = loaded.model(ids, output_attentions=True).attentions
+        attentions = loaded.model(ids, output_attentions=True, logits_to_keep=1).attentions
     del attentions
     with measured(out, "capture+metrics", device):
         cap = capture(loaded, prompts, progress=False)
@@ -88,8 +91,7 @@ def bench_one(loaded, seq_len: int, n_prompts: int) -> dict:
         metrics.decompose(cap)
     # (c) linear ΔR² on the bulk early triangle of every layer, all heads and prompts at once vs a loop
     # (layers whose early window is cut by a sliding window shorter than it are left out)
-    triangles = [k for k, p in enumerate(cap.pairs["early"])
-                 if metrics.PairDomain(p.rows[p.cols >= 1], p.cols[p.cols >= 1]).is_full_triangle(1)]
+    triangles = [k for k, p in enumerate(cap.pairs["early"]) if metrics.full_triangle(p.rows[p.cols >= 1], p.cols[p.cols >= 1])]
     pairs = cap.pairs["early"][triangles[0]]
     select = pairs.cols >= 1
     rows, cols = pairs.rows[select], pairs.cols[select]

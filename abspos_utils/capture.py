@@ -133,7 +133,9 @@ class LayerView:
 
     layer: int
     scores: Scores  # s_ij: scaled RoPE scores before mask and soft-cap
-    log_weights: Scores  # log a_ij = log_softmax(softmax input); -inf on invisible pairs
+    log_weights: Scores  # log a_ij = log_softmax(softmax input); about -3e38 on invisible pairs (exp: 0)
+    weights: Scores  # a_ij, the model's own softmax output
+    log_z: Float[Tensor, "batch head query"]  # log Z_i = log sum over visible j of exp(softmax input)
     visible: Visible  # the pairs the mask lets through (same for every prompt)
     values: Float[Tensor, "batch kv_head position head_dim"]
     residual: Residual  # the residual stream after this layer
@@ -202,9 +204,13 @@ def trace_batch(
                     outside = (positions[:, None] - positions[None, :]) >= intervention.window
                     masked[..., outside] = torch.finfo(masked.dtype).min
                 visible = masked[0, 0] > torch.finfo(masked.dtype).min / 2
-                log_weights = torch.log_softmax(masked.float(), dim=-1).masked_fill(~visible, float("-inf"))
+                log_weights = torch.log_softmax(masked.float(), dim=-1)
+                # log Z_i from the diagonal (always visible): log a_ii = x_ii - log Z_i
+                log_z = masked.diagonal(dim1=-2, dim2=-1).float() - log_weights.diagonal(dim1=-2, dim2=-1)
+                weights = softmax.output
                 residual = layer_modules[index].output
-                on_layer(LayerView(index, scores, log_weights, visible, values.float(), residual.float()))
+                on_layer(LayerView(index, scores, log_weights, weights.float(), log_z, visible, values.float(),
+                                   residual.float()))
             loss = None
             if with_loss:
                 logits = model.output.logits
@@ -231,6 +237,11 @@ class WindowPairs:
 
     rows: np.ndarray
     cols: np.ndarray
+    flat: Tensor | None = None  # i * T + j, to gather the pairs from a flattened (..., T * T) map
+
+    def gather(self, maps: Scores) -> Float[Tensor, "batch head pair"]:
+        """The values of (batch, head, T, T) maps on these pairs (one index_select, no copy of the maps)."""
+        return maps.flatten(-2).index_select(-1, self.flat.to(maps.device))
 
 
 @dataclass
@@ -242,7 +253,8 @@ class Capture:
     - ``window_logw[w][l]``: (N, H, P) log a_ij on the visible pairs ``pairs[w][l]`` of window ``w``;
     - ``early_scores[l]``: (N, H, P) the pre-softmax s_ij on the early window (for linear ΔR² on s);
     - ``key0``: (L, N, H, T) a_i0, the attention each query pays to position 0;
-    - ``entropy``, ``log_z``: (L, N, H, T) row entropy of a and log Z_i (log-sum-exp of the softmax input);
+    - ``entropy``, ``log_z``: (L, N, H, T) row entropy of a and log Z_i (log-sum-exp of the softmax input,
+      which is s_ij on the visible pairs when the model applies no soft-cap);
     - ``n_visible``: (L, T) number of visible keys of each query;
     - ``sink_writes``: (L, N, H, d) W_O^h v_0, what head h writes per unit of attention on position 0;
     - ``resid0``: (L + 1, N, d) position-0 residual stream: the embedding output, then after each layer;
@@ -284,7 +296,7 @@ def _window_pairs(visible: np.ndarray, window: tuple[int, int]) -> WindowPairs:
     sub[: window[0]] = False
     sub[window[1] :] = False
     rows, cols = np.nonzero(sub)
-    return WindowPairs(rows, cols)
+    return WindowPairs(rows, cols, torch.from_numpy(rows * visible.shape[-1] + cols))
 
 
 def capture(
@@ -323,19 +335,18 @@ def capture(
 
     def on_layer(view: LayerView) -> None:
         layer = view.layer
-        visible = view.visible.cpu().numpy()
-        visible_rows[layer] = view.visible.sum(-1).cpu()
-        for name, window in windows.items():
-            if layer not in pairs[name]:
-                pairs[name][layer] = _window_pairs(visible, window)
+        if layer not in visible_rows:  # the mask is the same for every batch
+            visible_rows[layer] = view.visible.sum(-1).cpu()
+            for name, window in windows.items():
+                pairs[name][layer] = _window_pairs(view.visible.cpu().numpy(), window)
+        for name in windows:
             p = pairs[name][layer]
-            keep(layer, f"logw_{name}", view.log_weights[:, :, p.rows, p.cols])
+            keep(layer, f"logw_{name}", p.gather(view.log_weights))
             if name == "early":
-                keep(layer, "scores_early", view.scores[:, :, p.rows, p.cols])
-        weights = view.log_weights.exp()
-        keep(layer, "key0", weights[..., 0])
-        keep(layer, "entropy", -(weights * view.log_weights.nan_to_num(neginf=0.0)).sum(-1))
-        keep(layer, "log_z", torch.logsumexp(view.scores.masked_fill(~view.visible, float("-inf")), dim=-1))
+                keep(layer, "scores_early", p.gather(view.scores))
+        keep(layer, "key0", view.weights[..., 0])
+        keep(layer, "entropy", -(view.weights * view.log_weights).sum(-1))  # invisible: 0 x finite log = 0
+        keep(layer, "log_z", view.log_z)
         v0 = view.values[:, :, 0, :].repeat_interleave(group, dim=1)  # (B, H, head_dim)
         w_o = o_proj[layers.index(layer)].view(-1, H, head_dim)  # (d, H, head_dim)
         keep(layer, "sink_writes", torch.einsum("bhk,dhk->bhd", v0.cpu(), w_o))

@@ -59,7 +59,7 @@ class PairDomain:
 
     ``toeplitz(x)`` replaces each value by the mean of its diagonal i - j (projection on diagonal
     dummies); ``joint(x)`` is the fit with one parameter per diagonal and one per row, solved exactly from
-    the (rows + diagonals)-sized normal equations, whose pseudo-inverse is shared by all prompts and heads.
+    the (rows + diagonals)-sized normal equations, whose factorisation is shared by all prompts and heads.
     """
 
     def __init__(self, rows: np.ndarray, cols: np.ndarray):
@@ -71,8 +71,12 @@ class PairDomain:
         self.diag_count = np.bincount(self.diag_id).astype(np.float64)
         cross = np.zeros((self.n_rows, self.n_diags))
         np.add.at(cross, (self.row_id, self.diag_id), 1.0)
-        normal = np.block([[np.diag(self.row_count), cross], [cross.T, np.diag(self.diag_count)]])
-        self.normal_pinv = torch.from_numpy(np.linalg.pinv(normal, hermitian=True))
+        normal = torch.from_numpy(np.block([[np.diag(self.row_count), cross], [cross.T, np.diag(self.diag_count)]]))
+        # Row dummies and diagonal dummies both sum to the constant, so the normal matrix A = X^T X has
+        # rank one less than its size on a connected domain: without the last diagonal dummy it is positive
+        # definite and Cholesky solves it; a pseudo-inverse is the fallback for any other degeneracy.
+        self._factor, info = torch.linalg.cholesky_ex(normal[:-1, :-1])
+        self._pinv = torch.linalg.pinv(normal, hermitian=True) if int(info) else None
         self._row = torch.from_numpy(self.row_id)
         self._diag = torch.from_numpy(self.diag_id)
 
@@ -91,16 +95,21 @@ class PairDomain:
         sums = self._group_sums(x, self._diag, self.n_diags)
         return (sums / torch.from_numpy(self.diag_count))[..., self._diag]
 
-    def joint(self, x: Tensor) -> Tensor:
-        rhs = torch.cat([self._group_sums(x, self._row, self.n_rows), self._group_sums(x, self._diag, self.n_diags)], -1)
-        theta = rhs @ self.normal_pinv
-        return theta[..., : self.n_rows][..., self._row] + theta[..., self.n_rows :][..., self._diag]
+    def solve(self, b: Tensor) -> Tensor:
+        """Coefficients theta of the row + diagonal fit from the normal equations' right side b = X^T x."""
+        if self._pinv is not None:
+            return b @ self._pinv
+        flat = b.reshape(-1, b.shape[-1])
+        theta = torch.cholesky_solve(flat[:, :-1].T, self._factor).T
+        return torch.cat([theta, torch.zeros_like(flat[:, -1:])], -1).reshape(b.shape)
 
-    def is_full_triangle(self, first_key: int) -> bool:
-        """True when every query i of the domain sees exactly the keys first_key..i (no window cut)."""
-        expected = (self.rows - first_key + 1).astype(np.int64)
-        counts = np.bincount(self.rows)[self.rows]
-        return bool(np.all(counts == expected) and np.all(self.cols >= first_key))
+    def sums(self, x: Tensor) -> Tensor:
+        """X^T x: the sums of x over each row, then over each diagonal (the normal equations' right side)."""
+        return torch.cat([self._group_sums(x, self._row, self.n_rows), self._group_sums(x, self._diag, self.n_diags)], -1)
+
+    def joint(self, x: Tensor) -> Tensor:
+        theta = self.solve(self.sums(x))
+        return theta[..., : self.n_rows][..., self._row] + theta[..., self.n_rows :][..., self._diag]
 
 
 @lru_cache(maxsize=64)
@@ -109,7 +118,7 @@ def _cached_domain(rows_bytes: bytes, cols_bytes: bytes) -> PairDomain:
 
 
 def pair_domain(rows: np.ndarray, cols: np.ndarray) -> PairDomain:
-    """A (cached) PairDomain: layers with the same mask share one pseudo-inverse."""
+    """A (cached) PairDomain: layers with the same mask share one factorisation."""
     return _cached_domain(np.asarray(rows, np.int64).tobytes(), np.asarray(cols, np.int64).tobytes())
 
 
@@ -120,48 +129,66 @@ def pair_domain(rows: np.ndarray, cols: np.ndarray) -> PairDomain:
 
 @dataclass
 class Grams:
-    """Cross-prompt inner products of each part of the decomposition, for every layer and head.
+    """Cross-prompt inner products of one domain, for every layer and head: each (L, H, N, N).
 
-    ``total``, ``relative``, ``row``, ``remainder``: (L, H, N, N) Gram matrices <part(x_n), part(x_m)> of
-    the centred values and of their three orthogonal parts (P_T - P_1) x, (P_J - P_T) x and (I - P_J) x,
-    each computed from the part itself rather than as a difference of energies, so that a zero part is
-    zero to float error. ``count`` (L, H, N) = <(P_J - P_T)(-log n_i), x_m>; ``sink`` (all keys only) =
-    <c(x_n)_{j=0}, c(x_m)_{j=0}>.
+    ``raw`` = <x_n, x_m> and ``one``/``toeplitz``/``joint`` = <P x_n, x_m> for the projections P_1, P_T,
+    P_J; ``count`` (L, H, N) = <(P_J - P_T)(-log n_i), x_m>; ``sink`` (all keys only) =
+    <c(x_n)_{j=0}, c(x_m)_{j=0}> with c the centring over the domain. Kept in float64, so the parts
+    obtained as differences (remainder = raw - joint) are zero to about 1e-12 of the total when they are.
     """
 
-    total: Tensor
-    relative: Tensor
-    row: Tensor
-    remainder: Tensor
+    raw: Tensor
+    one: Tensor
+    toeplitz: Tensor
+    joint: Tensor
     count: Tensor
     sink: Tensor | None
 
-    PARTS = ("total", "relative", "row", "remainder")
+    STORED = ("raw", "one", "toeplitz", "joint", "count")
 
     def components(self) -> dict[str, Tensor]:
         """The cross-fitted energy Gram matrix of each part of the decomposition."""
-        return {name: getattr(self, name) for name in self.PARTS}
+        return {
+            "total": self.raw - self.one,
+            "relative": self.toeplitz - self.one,
+            "row": self.joint - self.toeplitz,
+            "remainder": self.raw - self.joint,
+        }
 
 
-def _gram(a: Tensor) -> Tensor:
-    return torch.einsum("nhp,mhp->hnm", a, a)
+def _gram(a: Tensor, b: Tensor | None = None, weights: Tensor | None = None) -> Tensor:
+    """(N, H, K) x (N, H, K) -> (H, N, N) inner products, optionally weighted along K."""
+    b = a if b is None else b
+    return torch.einsum("nhk,mhk->hnm", a if weights is None else a * weights, b)
 
 
 def domain_grams(values: PairValues, domain: PairDomain, log_counts: np.ndarray, key0: np.ndarray | None) -> dict:
-    """Gram matrices of one layer on one domain (float64). ``log_counts`` is log n_i per pair."""
+    """Gram matrices of one layer on one domain (float64). ``log_counts`` is log n_i per pair.
+
+    The projections never materialise P-sized vectors: with b = X^T x the row and diagonal sums and
+    A = X^T X the normal matrix, <P_J x_n, x_m> = b_n^T A^+ b_m, and <P_T x_n, x_m> = sum over diagonals
+    of count_d t_n,d t_m,d with t the diagonal means.
+    """
     x = values.double()
-    centred = x - domain.mean(x)
-    toeplitz, joint = domain.toeplitz(x), domain.joint(x)
-    count_vector = -torch.from_numpy(log_counts).double()
-    row_part_of_count = domain.joint(count_vector) - domain.toeplitz(count_vector)
+    count_vector = -torch.from_numpy(log_counts).double()[None, None]
+    sums = {"x": domain.sums(x), "count": domain.sums(count_vector)}  # (.., rows + diags)
+    diag_count = torch.from_numpy(domain.diag_count)
+    diag_means = {k: v[..., domain.n_rows :] / diag_count for k, v in sums.items()}
+    means = x.mean(-1)
+    fitted = domain.solve(sums["x"])  # A^+ b, one factorisation shared by all prompts and heads
+    count_fitted = domain.solve(sums["count"])
     out = {
-        "total": _gram(centred),
-        "relative": _gram(toeplitz - domain.mean(x)),
-        "row": _gram(joint - toeplitz),
-        "remainder": _gram(x - joint),
-        "count": torch.einsum("p,nhp->hn", row_part_of_count, x),
-        "sink": None if key0 is None else _gram(centred[..., key0]),
+        "raw": _gram(x),
+        "one": domain.size * torch.einsum("nh,mh->hnm", means, means),
+        "toeplitz": _gram(diag_means["x"], weights=diag_count),
+        "joint": _gram(fitted, sums["x"]),
+        "count": (torch.einsum("k,nhk->hn", count_fitted[0, 0], sums["x"])
+                  - torch.einsum("k,nhk->hn", diag_count * diag_means["count"][0, 0], diag_means["x"])),
+        "sink": None,
     }
+    if key0 is not None:
+        column = x[..., key0] - means[..., None]
+        out["sink"] = _gram(column)
     return out
 
 
@@ -174,7 +201,7 @@ def decompose_values(values: PairValues, rows: np.ndarray, cols: np.ndarray, n_v
     domain = pair_domain(rows, cols)
     log_counts = np.log(np.asarray(n_visible, dtype=np.float64)[domain.rows])
     grams = domain_grams(torch.as_tensor(values), domain, log_counts, (domain.cols == 0) if (domain.cols == 0).any() else None)
-    stacked = Grams(**{k: grams[k][None] for k in (*Grams.PARTS, "count")},
+    stacked = Grams(**{k: grams[k][None] for k in Grams.STORED},
                     sink=None if grams["sink"] is None else grams["sink"][None])
     return {name: value[0] for name, value in shares(stacked).items()}
 
@@ -215,7 +242,7 @@ def decompose(cap: Capture) -> Decomposition:
                 log_counts = np.log(cap.n_visible[index].numpy()[domain.rows].astype(np.float64))
                 key0 = (domain.cols == 0) if keys == "all" else None
                 per_layer.append(domain_grams(cap.window_logw[window][index][..., select], domain, log_counts, key0))
-            stacked = {k: torch.stack([g[k] for g in per_layer]) for k in (*Grams.PARTS, "count")}
+            stacked = {k: torch.stack([g[k] for g in per_layer]) for k in Grams.STORED}
             sink = torch.stack([g["sink"] for g in per_layer]) if keys == "all" else None
             grams[(window, keys)] = Grams(**stacked, sink=sink)
     n_heads = cap.key0.shape[2]
@@ -427,12 +454,22 @@ def depth_slope(dec: Decomposition, statistic: str = "L_res", window: str = "lat
 # ---------------------------------------------------------------------------------------------------
 
 
-def _r2(y: Tensor, design: Tensor) -> Tensor:
-    """R² of the least-squares fit of every row of y (..., P) on the shared design (P, k)."""
-    fitted = (y @ torch.linalg.pinv(design).T) @ design.T  # one pseudo-inverse serves every prompt and head
-    resid = ((y - fitted) ** 2).sum(-1)
-    total = ((y - y.mean(-1, keepdim=True)) ** 2).sum(-1)
-    return 1 - resid / total
+def _explained(y: Tensor, design: Tensor) -> Tensor:
+    """Sum of squares of the least-squares fit of every row of y (..., P) on a shared design (P, k).
+
+    With Q an orthonormal basis of the design's columns, the fitted values are y Q Q^T, so their sum of
+    squares is |y Q|^2: one small matrix product serves every prompt, head and layer."""
+    q, _ = torch.linalg.qr(design)
+    return ((y @ q) ** 2).sum(-1)
+
+
+def full_triangle(rows: np.ndarray, cols: np.ndarray) -> bool:
+    """True when the pairs are {(i, j): k <= j <= i < end}: every query from the first key k on sees
+    exactly the keys k..i (no window cut, no missing first row)."""
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    first_key = int(cols.min())
+    counts = np.bincount(rows)[rows]
+    return int(rows.min()) == first_key and bool(np.all(counts == rows - first_key + 1))
 
 
 def linear_delta_r2(values: PairValues, rows: np.ndarray, cols: np.ndarray) -> Tensor:
@@ -442,20 +479,19 @@ def linear_delta_r2(values: PairValues, rows: np.ndarray, cols: np.ndarray) -> T
     it. On any other domain (a late window is a trapezoid, a sliding window a band, and even the early
     window [1, 32) with key 0 lacks the pair (0, 0)) E[i | i - j] is not linear in i - j, so a purely
     relative y gets ΔR² > 0: the function refuses those domains. The book uses the bulk triangle
-    1 <= j <= i < 32.
+    1 <= j <= i < 32. Both fits contain the intercept, so ΔR² = (SS_abs - SS_rel) / SS_total.
     """
-    domain = PairDomain(rows, cols)
-    first_key = int(np.min(cols))
-    if not domain.is_full_triangle(first_key) or int(np.min(rows)) != first_key:
+    if not full_triangle(rows, cols):
         raise AbsposError(
             "Linear ΔR² is only defined here on a full triangle (queries from i = 1, every key j <= i): on a "
             "trapezoid or a band it is not zero for purely relative scores; use the position decomposition."
         )
     y = values.double()
-    i = torch.from_numpy(rows).double()
-    j = torch.from_numpy(cols).double()
+    i, j = torch.from_numpy(rows).double(), torch.from_numpy(cols).double()
     ones = torch.ones_like(i)
-    return _r2(y, torch.stack([ones, i, j], 1)) - _r2(y, torch.stack([ones, i - j], 1))
+    total = ((y - y.mean(-1, keepdim=True)) ** 2).sum(-1)
+    gain = _explained(y, torch.stack([ones, i, j], 1)) - _explained(y, torch.stack([ones, i - j], 1))
+    return gain / total
 
 
 def linear_delta_r2_loop(values: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

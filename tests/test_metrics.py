@@ -119,8 +119,9 @@ def test_linear_delta_r2_is_not_zero_for_relative_scores_on_a_trapezoid():
     ones = torch.ones(len(rows), dtype=torch.float64)
     r = torch.from_numpy(rows).double()
     c = torch.from_numpy(cols).double()
-    delta = M._r2(y, torch.stack([ones, r, c], 1)) - M._r2(y, torch.stack([ones, r - c], 1))
-    assert float(delta) > 1e-3
+    gain = M._explained(y, torch.stack([ones, r, c], 1)) - M._explained(y, torch.stack([ones, r - c], 1))
+    assert float(gain / ((y - y.mean()) ** 2).sum()) > 1e-3
+    assert not M.full_triangle(rows, cols)
 
 
 def test_sink_scores_of_a_hand_made_attention_tensor():

@@ -1,0 +1,359 @@
+"""The claims scorecard: every finding notebook's verdicts, read back, combined and glued into the book.
+
+Each finding notebook ends by writing ``<findings_dir>/NN_name/verdicts.json``: for every claim it tests
+and every model it ran, a verdict, the rule that produced it and the numbers the rule was applied to.
+The scorecard notebook (``notebooks/06_scorecard.py``) reads them with :func:`load_scorecard` and
+
+- glues every verdict and number (:func:`glue_values`), so that the prose of the book quotes them
+  instead of typing them;
+- draws the claims × models grid (:func:`scorecard_figure`);
+- shows the verdicts, the rules and the runs as Markdown tables (:func:`verdicts_table`,
+  :func:`rules_table`, :func:`runs_table`, :func:`markdown_or`);
+- writes the table with each claim's overall verdict (:func:`save_scorecard`).
+
+A verdict is one of *supported*, *not supported*, *mixed* or *not testable*. Several verdicts for one
+claim are summarised by :func:`combine`: identical verdicts stand as they are; verdicts that differ
+across notebooks for one model count as *mixed*; verdicts that differ across models are reported as
+*depends on the model*; *not testable* verdicts are set aside when others exist. A claim with no verdict
+at all is *not run* when the notebook that tests it has not run, else *not reported*.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.patches import Patch
+
+CLAIMS = {
+    "C1": "RoPE attention patterns carry absolute position although RoPE logits depend only on i − j",
+    "C2": "the causal mask: the softmax denominator Z_i sums i + 1 terms, so it depends on i by construction",
+    "C3": "the residual stream: position 0 runs as a closed system from its embedding; sink-reading heads read it",
+    "C4": "both sources in all architectures; NTK suppresses the residual part, sliding windows let it accumulate",
+    "C5": "replacing the BOS embedding removes about 40% of the residual-stream component at early queries",
+    "C6": "sinks are token-anchored: a fixed fingerprint of the position-0 token; replacing BOS suppresses them",
+}
+# The finding notebooks the scorecard expects, and the claims each of them tests.
+EXPECTED = {"01_mask_denominator": ["C1", "C2"], "02_residual_trajectory": ["C3"],
+            "03_architecture_comparison": ["C4"], "04_bos_replacement": ["C5"], "05_sink_fingerprint": ["C6"]}
+VERDICTS = ["supported", "mixed", "not supported", "not testable"]
+NOT_TESTABLE = "not testable"
+MIXED = "mixed"
+DEPENDS = "depends on the model"
+NOT_RUN = "not run"
+NOT_REPORTED = "not reported"
+# Colour-blind-safe colours of the figure, one per (combined) verdict; the legend lists them in this order.
+COLOURS = {"supported": "#029e73", "mixed": "#de8f05", "not supported": "#d55e00", "not testable": "#949494",
+           "depends on the model": "#56b4e9", "not run": "#f2f2f2"}
+# Verdicts whose light cell colour needs black text.
+DARK_TEXT = ("not run", "mixed", "depends on the model")
+COLUMNS = ["claim", "model", "notebook", "verdict", "headline", "headline_value", "numbers", "summary", "rule"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Formatting
+# ---------------------------------------------------------------------------------------------------
+
+
+def slug(text: Any) -> str:
+    """A glue-key-safe form of a model or number name: ``gemma3-270m`` -> ``gemma3_270m``.
+
+    Glue keys are quoted in MyST roles, so they keep to letters, digits and ``_`` (lower case).
+    """
+    return re.sub(r"[^0-9A-Za-z]+", "_", str(text)).strip("_").lower()
+
+
+def is_number(value: Any) -> bool:
+    """Whether a value of a verdict's numbers is a number (``True``/``False`` are not, though Python
+    counts them as ints): only numbers are glued as floats and can be a headline."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def show_number(value: Any) -> str:
+    """A number as the tables show it (3 significant digits); a list item by item; anything else as text."""
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return ", ".join(map(show_number, value)) if isinstance(value, list) else str(value)
+
+
+def md_table(frame: pd.DataFrame) -> str:
+    """A DataFrame as a MyST Markdown table.
+
+    The characters Markdown would interpret (``\\ | * _ ` $ < [ ]``) are escaped and newlines flattened,
+    so that a rule or a summary shows as written and cannot break the table or start maths.
+    """
+    def cell(value: Any) -> str:
+        return re.sub(r"([\\|*_`$<\[\]])", r"\\\1", str(value)).replace("\n", " ")
+    lines = ["| " + " | ".join(map(cell, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def markdown_or(frame: pd.DataFrame, empty: str) -> str:
+    """:func:`md_table` of ``frame``, or the sentence ``empty`` when it has no rows (an empty table would
+    show as a bare header)."""
+    return md_table(frame) if len(frame) else empty
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading and combining verdicts
+# ---------------------------------------------------------------------------------------------------
+
+
+def read_verdicts(folder: str | Path) -> tuple[pd.DataFrame, list[dict], list[str]]:
+    """Read every ``<folder>/*/verdicts.json``.
+
+    Returns three things:
+
+    - a table with one row per verdict (columns :data:`COLUMNS`): the claim, the model (as text), the
+      notebook that wrote it, the verdict, its *headline* (the first of its numbers, the one the figure
+      shows, with its value as a float or None when it is not a number), all its numbers as JSON text,
+      its summary and its rule;
+    - the runs' records (each file's content, with ``notebook`` set), for the table of parameters,
+      weights and versions;
+    - the files that could not be read or parsed, as ``"<folder name> (<error type>)"``, so the page can
+      say so instead of failing or silently dropping a finding.
+
+    A record's notebook is its ``notebook`` field, else the name of its folder.
+    """
+    rows, runs, unreadable = [], [], []
+    for path in sorted(Path(folder).glob("*/verdicts.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            unreadable.append(f"{path.parent.name} ({type(error).__name__})")
+            continue
+        notebook = record.get("notebook", path.parent.name)
+        runs.append({"notebook": notebook, **record})
+        for v in record.get("verdicts", []):
+            numbers = v.get("numbers") or {}
+            headline = next(iter(numbers), "")
+            value = numbers.get(headline)
+            rows.append({"claim": v["claim"], "model": str(v["model"]), "notebook": notebook,
+                         "verdict": v["verdict"], "headline": headline,
+                         "headline_value": float(value) if is_number(value) else None,
+                         "numbers": json.dumps(numbers), "summary": v.get("summary", ""), "rule": v.get("rule", "")})
+    return pd.DataFrame(rows, columns=COLUMNS), runs, unreadable
+
+
+def notebooks_status(runs: Iterable[Mapping[str, Any]],
+                     expected: Mapping[str, list[str]] = EXPECTED) -> tuple[list[str], list[str]]:
+    """The notebooks that ran (sorted, from the runs' records) and the expected ones that did not.
+
+    A missing notebook's claims show as *not run* rather than vanishing from the scorecard.
+    """
+    ran = sorted({run["notebook"] for run in runs})
+    return ran, [name for name in expected if name not in ran]
+
+
+def combine(verdicts: Iterable[str], disagreement: str) -> str:
+    """One verdict from several: the common one when they agree, else ``disagreement``.
+
+    *Not testable* verdicts are set aside when others exist (a model that cannot test a claim neither
+    supports nor contradicts it), and stand only when nothing else was returned. The caller chooses
+    the word for a disagreement: *mixed* across the notebooks of one model (the evidence holds in part),
+    *depends on the model* across models.
+    """
+    verdicts = list(verdicts)
+    kept = set(verdicts) - {NOT_TESTABLE} or set(verdicts)
+    return kept.pop() if len(kept) == 1 else disagreement
+
+
+def per_model_verdicts(table: pd.DataFrame) -> pd.DataFrame:
+    """One verdict per claim and model (columns claim, model, verdict, sorted by both): the verdicts of
+    the notebooks that tested the claim on that model, combined, a disagreement counting as *mixed*."""
+    return (table.groupby(["claim", "model"], sort=True)["verdict"]
+            .agg(lambda v: combine(list(v), MIXED)).rename("verdict").reset_index())
+
+
+def overall_verdicts(claims: Iterable[str], per_model: pd.DataFrame, missing: Iterable[str],
+                     expected: Mapping[str, list[str]] = EXPECTED) -> dict[str, str]:
+    """One verdict per claim: its per-model verdicts combined, a disagreement reported as *depends on the
+    model*. A claim without any verdict is *not run* when the notebook expected to test it is missing,
+    else *not reported* (the notebook ran but returned nothing for it)."""
+    notebook_of = _notebook_of(expected)
+    missing = set(missing)
+    overall = {}
+    for claim in claims:
+        models = per_model[per_model["claim"] == claim]
+        if len(models):
+            overall[claim] = combine(list(models["verdict"]), DEPENDS)
+        else:
+            overall[claim] = NOT_RUN if notebook_of.get(claim) in missing else NOT_REPORTED
+    return overall
+
+
+def _notebook_of(expected: Mapping[str, list[str]]) -> dict[str, str]:
+    """The notebook expected to test each claim."""
+    return {claim: name for name, listed in expected.items() for claim in listed}
+
+
+@dataclass
+class Scorecard:
+    """Everything the scorecard page shows, read once from a findings folder by :func:`load_scorecard`.
+
+    ``table``: one row per verdict (:func:`read_verdicts`); ``runs``: the runs' records; ``unreadable``:
+    files that could not be read; ``ran``/``missing``: notebooks run and expected but not run;
+    ``claims``: every claim, the known ones and any other a notebook reported, sorted; ``per_model``:
+    one combined verdict per claim and model; ``overall``: one verdict per claim; ``expected``: the
+    finding notebooks expected and the claims each tests (:data:`EXPECTED` unless told otherwise).
+    """
+
+    table: pd.DataFrame
+    runs: list[dict]
+    unreadable: list[str]
+    ran: list[str]
+    missing: list[str]
+    claims: list[str]
+    per_model: pd.DataFrame
+    overall: dict[str, str]
+    expected: Mapping[str, list[str]]
+
+
+def load_scorecard(folder: str | Path, expected: Mapping[str, list[str]] = EXPECTED) -> Scorecard:
+    """Read ``<folder>/*/verdicts.json`` and combine the verdicts per claim and model, then per claim."""
+    table, runs, unreadable = read_verdicts(folder)
+    ran, missing = notebooks_status(runs, expected)
+    claims = sorted(set(CLAIMS) | set(table["claim"]))
+    per_model = per_model_verdicts(table)
+    overall = overall_verdicts(claims, per_model, missing, expected)
+    return Scorecard(table, runs, unreadable, ran, missing, claims, per_model, overall, expected)
+
+
+# ---------------------------------------------------------------------------------------------------
+# What the page shows
+# ---------------------------------------------------------------------------------------------------
+
+
+def glue_values(card: Scorecard) -> dict[str, Any]:
+    """Every glue key of the scorecard and its value, in the order they are glued.
+
+    Keys that always exist: for each claim Cn, ``Cn_claim`` (its statement), ``Cn_verdict`` (overall),
+    ``Cn_by_model`` ("<verdict> on <model>; ...", or the overall verdict and its notebook when no model
+    reported), ``Cn_summary`` ("<model>: <summary>. ...", else the overall verdict) and ``Cn_rule`` (the
+    distinct rules, else the overall verdict); ``n_supported``, ``n_mixed``, ``n_not_supported``,
+    ``n_not_testable``, ``n_verdicts``, ``n_models``, ``n_claims_supported``, ``n_claims`` (ints);
+    ``models``, ``notebooks_run``, ``notebooks_missing`` (comma-separated, or "none"). Per model:
+    ``Cn.<model>.verdict`` (combined over notebooks); per model and notebook (``NN``, its number):
+    ``Cn.<model>.NN.verdict`` and ``Cn.<model>.NN.<number>`` for each numeric value (as a float). Model
+    and number names are :func:`slug`-ged. The figure is glued apart, as ``scorecard_figure``.
+    """
+    table, per_model, overall = card.table, card.per_model, card.overall
+    notebook_of = _notebook_of(card.expected)
+    keys: dict[str, Any] = {}
+    for claim in card.claims:
+        rows, models = table[table["claim"] == claim], per_model[per_model["claim"] == claim]
+        keys[f"{claim}_claim"] = CLAIMS.get(claim, claim)
+        keys[f"{claim}_verdict"] = overall[claim]
+        keys[f"{claim}_by_model"] = ("; ".join(f"{v} on {m}" for m, v in zip(models["model"], models["verdict"]))
+                                     or f"{overall[claim]} ({notebook_of.get(claim, 'no notebook')})")
+        keys[f"{claim}_summary"] = (" ".join(f"{m}: {s}." for m, s in zip(rows["model"], rows["summary"]) if s)
+                                    or overall[claim])
+        keys[f"{claim}_rule"] = " ".join(dict.fromkeys(rows["rule"])) or overall[claim]
+    for row in per_model.itertuples():
+        keys[f"{row.claim}.{slug(row.model)}.verdict"] = row.verdict
+    for row in table.itertuples():
+        prefix = f"{row.claim}.{slug(row.model)}.{row.notebook[:2]}"
+        keys[f"{prefix}.verdict"] = row.verdict
+        for name, value in json.loads(row.numbers).items():
+            if is_number(value):
+                keys[f"{prefix}.{slug(name)}"] = float(value)
+    counts = table["verdict"].value_counts()
+    for verdict in VERDICTS:
+        keys[f"n_{slug(verdict)}"] = int(counts.get(verdict, 0))
+    keys["n_verdicts"] = len(table)
+    keys["n_models"] = table["model"].nunique()
+    keys["n_claims_supported"] = sum(v == "supported" for v in overall.values())
+    keys["n_claims"] = len(card.claims)
+    keys["models"] = ", ".join(sorted(table["model"].unique())) or "none"
+    keys["notebooks_run"] = ", ".join(card.ran) or "none"
+    keys["notebooks_missing"] = ", ".join(card.missing) or "none"
+    return keys
+
+
+def scorecard_figure(card: Scorecard) -> plt.Figure:
+    """The scorecard as a grid: claims down, models across, one cell per claim × model coloured by its
+    combined verdict (:data:`COLOURS`) and labelled with it and its headline number.
+
+    A claim a model did not test shows as *not run*; with no verdict at all the grid has one empty
+    column, "(no model run)". The figure is made with pyplot: the caller closes it after gluing.
+    """
+    claims = card.claims
+    models = sorted(card.table["model"].unique()) or ["(no model run)"]
+    grid = {(r.claim, r.model): r.verdict for r in card.per_model.itertuples()}
+    headline = card.table.dropna(subset=["headline_value"]).groupby(["claim", "model"]).first()
+    fig, ax = plt.subplots(figsize=(1.6 + 1.9 * len(models), 0.45 + 0.55 * len(claims)))
+    for y, claim in enumerate(claims):
+        for x, model in enumerate(models):
+            verdict = grid.get((claim, model), NOT_RUN)
+            ax.add_patch(plt.Rectangle((x, y), 0.96, 0.92, color=COLOURS.get(verdict, "#ffffff")))
+            label = verdict if (claim, model) not in headline.index else (
+                f"{verdict}\n{headline.loc[(claim, model), 'headline']} = "
+                f"{show_number(float(headline.loc[(claim, model), 'headline_value']))}")
+            ax.text(x + 0.48, y + 0.46, label, ha="center", va="center", fontsize=7.5,
+                    color="black" if verdict in DARK_TEXT else "white")
+    ax.set(xlim=(0, len(models)), ylim=(len(claims), 0), xticks=[x + 0.48 for x in range(len(models))],
+           yticks=[y + 0.46 for y in range(len(claims))])
+    ax.set_xticklabels(models, fontsize=8)
+    ax.set_yticklabels(claims)
+    ax.tick_params(length=0)
+    ax.xaxis.tick_top()
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.legend(handles=[Patch(color=c, label=v) for v, c in COLOURS.items()], loc="upper center",
+              bbox_to_anchor=(0.5, -0.02), ncol=3, fontsize=7.5, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def status_note(card: Scorecard) -> str:
+    """Markdown saying whether every finding is in: a MyST warning listing the notebooks not run (and the
+    claims that therefore show as *not run*) and the unreadable files, or one sentence when all ran."""
+    if card.missing or card.unreadable:
+        lines = [f"- `{name}`: not run yet (no `{name}/verdicts.json` in the findings folder); its claims "
+                 f"({', '.join(card.expected[name])}) show as *not run*." for name in card.missing]
+        lines += [f"- `{name}`: its `verdicts.json` could not be read." for name in card.unreadable]
+        return "```{warning}\nSome findings are missing from this scorecard.\n\n" + "\n".join(lines) + "\n```"
+    return f"All {len(card.expected)} finding notebooks have been run and their verdicts are read below."
+
+
+def verdicts_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The verdicts as the page lists them: claim, model, verdict, the numbers as "name = value, ...",
+    the summary and ``nb`` (the notebook's number)."""
+    return table.assign(
+        numbers=[", ".join(f"{k} = {show_number(v)}" for k, v in json.loads(n).items()) for n in table["numbers"]],
+        nb=table["notebook"].str[:2],
+    )[["claim", "model", "verdict", "numbers", "summary", "nb"]]
+
+
+def rules_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Each notebook's rule for each claim, once, sorted by claim and notebook."""
+    return table[["claim", "notebook", "rule"]].drop_duplicates().sort_values(["claim", "notebook"])
+
+
+def runs_table(runs: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per run: its parameters (without ``output_dir``, a path of the machine that ran it), the
+    weights behind each model (source and the start of their sha256) and the package versions."""
+    return pd.DataFrame([{
+        "notebook": run["notebook"],
+        "parameters": ", ".join(f"{k} = {show_number(v)}" for k, v in run.get("parameters", {}).items()
+                                if k != "output_dir"),
+        "weights": "; ".join(f"{p.get('model')}: {p.get('source')} (sha256 {str(p.get('sha256', ''))[:12]}…)"
+                             for p in run.get("provenance", [])),
+        "versions": ", ".join(f"{k} {v}" for k, v in run.get("versions", {}).items()),
+    } for run in runs], columns=["notebook", "parameters", "weights", "versions"])
+
+
+def save_scorecard(card: Scorecard, output_dir: str | Path) -> Path:
+    """Write the verdict table, with each claim's overall verdict as column ``overall``, to
+    ``<output_dir>/scorecard.parquet`` (the tests and later tools read it) and return its path."""
+    path = Path(output_dir) / "scorecard.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    card.table.assign(overall=card.table["claim"].map(card.overall)).to_parquet(path, index=False)
+    return path
