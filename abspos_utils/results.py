@@ -131,6 +131,11 @@ class Experiment:
                   "provenance": provenance}
         (self.output_dir / "verdicts.json").write_text(json.dumps(record, indent=2, default=str))
 
+    def summary_text(self) -> str:
+        """The verdicts of this run as one paragraph (claim, model, verdict and the numbers behind it),
+        glued into the chapter's prose so that the text quotes what the run computed."""
+        return " ".join(f"{v.claim} on {v.model}: {v.verdict} — {v.summary}." for v in self.verdicts)
+
     def verdict_table(self) -> pd.DataFrame:
         """The verdicts of this run as a table (claim, model, verdict, summary)."""
         self._write_verdicts()

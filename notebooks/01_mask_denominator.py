@@ -173,7 +173,11 @@ for name in models:
         metrics.headline(text, "L_mask_count", "early", "bulk", seed=seed)))
 verdicts = run.verdict_table()
 glue("verdicts_01", verdicts, display=False)
+glue("summary_01", run.summary_text(), display=False)
 verdicts
+
+# %% [markdown]
+# **In words, from this run:** {glue:text}`summary_01:s`
 
 # %% [markdown]
 # ## Caveats

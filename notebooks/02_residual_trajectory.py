@@ -159,7 +159,11 @@ for name in models:
         float(traj[traj.condition == "text token first"].relative_spread.max()), rate, transfer))
 verdicts = run.verdict_table()
 glue("verdicts_02", verdicts, display=False)
+glue("summary_02", run.summary_text(), display=False)
 verdicts
+
+# %% [markdown]
+# **In words, from this run:** {glue:text}`summary_02:s`
 
 # %% [markdown]
 # ## Caveats

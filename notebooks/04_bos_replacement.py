@@ -129,7 +129,11 @@ for name in models:
     run.verdict(claims.c5_bos_replacement(name, comparisons[name]))
 verdicts = run.verdict_table()
 glue("verdicts_04", verdicts, display=False)
+glue("summary_04", run.summary_text(), display=False)
 verdicts
+
+# %% [markdown]
+# **In words, from this run:** {glue:text}`summary_04:s`
 
 # %% [markdown]
 # ## Caveats

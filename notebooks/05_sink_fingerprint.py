@@ -150,7 +150,11 @@ for name in models:
                                       float(sim[f"{fixed_first_token!r} first"]), replacement))
 verdicts = run.verdict_table()
 glue("verdicts_05", verdicts, display=False)
+glue("summary_05", run.summary_text(), display=False)
 verdicts
+
+# %% [markdown]
+# **In words, from this run:** {glue:text}`summary_05:s`
 
 # %% [markdown]
 # ## Caveats

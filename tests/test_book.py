@@ -1,10 +1,10 @@
 """The book: it builds with ``-W`` from freshly executed notebooks, every page is there, and the site is
 self-contained (maths typeset and images shown in a headless browser with no network).
 
-A session fixture copies the book's sources (``_config.yml``, ``_toc.yml``, ``book/`` without the executed
-``findings/`` and the vendored ``_vendor/``, and the notebook sources the book links to) into a temporary
-folder, executes the five finding notebooks there with the real runner on a tiny random model, then the
-scorecard, and builds the site with ``jupyter-book build -W -n --keep-going``. The tests then inspect the
+A session fixture takes the five finding notebooks and the scorecard executed on tiny random models by
+conftest's ``tiny_book`` (the same run the notebook tests check), copies the book's sources beside them
+(``_config.yml``, ``_toc.yml``, ``book/`` without ``findings/`` and ``_vendor/``, and the notebook sources the
+book links to), and builds the site with ``jupyter-book build -W -n --keep-going``. The tests then inspect the
 built HTML. Nothing is written into the repository except MathJax, vendored once into the gitignored
 ``book/_vendor/`` by ``book/vendor_mathjax.sh``, and the browser screenshots, which are copied to
 ``_build/screenshots/`` for a person to look at.
@@ -31,14 +31,12 @@ import pytest
 import yaml
 
 from abspos_utils import runner
+from conftest import FINDINGS
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-FINDINGS = ("01_mask_denominator", "02_residual_trajectory", "03_architecture_comparison",
-            "04_bos_replacement", "05_sink_fingerprint")
 SCORECARD = "06_scorecard"
-SMALL = {"model": "tiny-llama", "n_prompts": 4, "seq_len": 48}
 CLAIMS = ("C1", "C2", "C3", "C4", "C5", "C6")
 # NOTES.md's flags for headless Chromium offline, plus --disable-quic (no UDP probing either).
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -64,7 +62,7 @@ def _copy_sources(root: Path) -> None:
     """The book's sources, without executed findings or vendored files, into an empty folder."""
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy2(REPO / name, root / name)
-    shutil.copytree(REPO / "book", root / "book",
+    shutil.copytree(REPO / "book", root / "book", dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("findings", "_vendor", "__pycache__", ".ipynb_checkpoints"))
     (root / "notebooks").mkdir()
     for source in runner.list_notebooks(REPO / "notebooks"):
@@ -88,21 +86,12 @@ def _jupyter_book() -> str:
 
 
 @pytest.fixture(scope="session")
-def book(tmp_path_factory: pytest.TempPathFactory) -> BuiltBook:
-    available = {path.stem for path in runner.list_notebooks(REPO / "notebooks")}
-    missing = [name for name in (*FINDINGS, SCORECARD) if name not in available]
-    if missing:
-        pytest.skip(f"notebooks not written yet, so the book cannot be built: {', '.join(missing)}")
+def book(tiny_book: Path) -> BuiltBook:
+    """The book built around the notebooks that conftest's ``tiny_book`` executed on tiny models."""
     jupyter_book = _jupyter_book()
-    root = tmp_path_factory.mktemp("book")
+    root = tiny_book
     _copy_sources(root)
     _vendor_mathjax(root)
-    findings = root / "book" / "findings"
-    for name in FINDINGS:
-        runner.run_notebook(name, {**SMALL, "output_dir": str(findings / name)},
-                            out=findings / f"{name}.ipynb", progress=False)
-    runner.run_notebook(SCORECARD, {"findings_dir": str(findings), "output_dir": str(findings / SCORECARD)},
-                        out=findings / f"{SCORECARD}.ipynb", progress=False)
     done = subprocess.run([jupyter_book, "build", str(root), "-W", "-n", "--keep-going"], cwd=root,
                           capture_output=True, text=True)
     log = done.stdout + done.stderr
