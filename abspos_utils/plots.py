@@ -64,28 +64,40 @@ def by_depth(table: pd.DataFrame, columns: dict[str, str], hue: str = "condition
         ax.set(xlabel="depth (0 = embedding, l + 1 = after layer l)", ylabel=label)
         if column in ("spread", "relative_spread"):
             ax.set_yscale("symlog", linthresh=1e-6)
+            ax.set_ylim(bottom=0)
     fig.suptitle(title)
     return fig
 
 
 def intervals(table: pd.DataFrame, x: str, value: str, low: str, high: str, hue: str | None = None,
               reference: float | None = None, reference_label: str = "", xlabel: str = "", ylabel: str = "",
-              title: str = "", percent: bool = False) -> plt.Figure:
-    """Point estimates with their bootstrap 95% intervals as a dot plot, with an optional reference line."""
-    fig, ax = plt.subplots(figsize=(7.0, 0.5 + 0.45 * len(table)))
-    groups = table[hue].unique() if hue else [None]
+              title: str = "", percent: bool = False, clip: tuple[float, float] | None = None) -> plt.Figure:
+    """Point estimates with their bootstrap 95% intervals as a dot plot, with an optional reference line.
+
+    With ``clip`` the axis is limited to that range; an interval reaching beyond it is drawn to the edge
+    and its true bounds are written beside the row, so one huge interval cannot flatten the others."""
+    fig, ax = plt.subplots(figsize=(7.6, 0.6 + 0.45 * len(table)))
+    groups = list(table[hue].unique()) if hue else [None]
     colours = sns.color_palette(PALETTE, len(groups))
     labels = [f"{row[x]}" + (f" — {row[hue]}" if hue else "") for _, row in table.iterrows()]
+    fmt = "{:.0%}" if percent else "{:.3g}"
     for k, (_, row) in enumerate(table.iterrows()):
-        colour = colours[list(groups).index(row[hue])] if hue else colours[0]
-        ax.errorbar(row[value], k, xerr=[[row[value] - row[low]], [row[high] - row[value]]], fmt="o",
-                    color=colour, capsize=3)
+        colour = colours[groups.index(row[hue])] if hue else colours[0]
+        centre, lo, hi = row[value], row[low], row[high]
+        if clip is not None:
+            centre, lo, hi = (float(np.clip(v, *clip)) for v in (centre, lo, hi))
+            if (row[low], row[high], row[value]) != (lo, hi, centre):
+                ax.annotate(f"[{fmt.format(row[low])}, {fmt.format(row[high])}]", (1.01, k),
+                            xycoords=("axes fraction", "data"), va="center", fontsize="x-small", color=colour)
+        ax.errorbar(centre, k, xerr=[[centre - lo], [hi - centre]], fmt="o", color=colour, capsize=3)
     ax.set_yticks(range(len(table)), labels)
     ax.invert_yaxis()
     ax.axvline(0, color="grey", linewidth=0.8)
+    if clip is not None:
+        ax.set_xlim(*clip)
     if reference is not None:
         ax.axvline(reference, color="crimson", linestyle="--", label=reference_label)
-        ax.legend(loc="lower right", fontsize="small")
+        ax.legend(loc="lower left", fontsize="small")
     if percent:
         ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)

@@ -98,8 +98,8 @@ for keys, label in (("bulk", "keys j ≥ 1"), ("all", "all keys")):
     data = removed[removed["keys"] == keys]
     plots.intervals(data, "after", "removed_share", "removed_low", "removed_high", hue="model",
                     reference=claims.PAPER_REMOVED_SHARE, reference_label="paper: 40%", percent=True,
-                    xlabel=f"removed share of L_res at early queries ({label})",
-                    title=f"BOS replacement: removed share ({label})")
+                    clip=(-2.0, 2.0), xlabel=f"removed share of L_res at early queries ({label})",
+                    title=f"BOS replacement: removed share ({label}); intervals beyond ±200% written at right")
 display(removed[["model", "after", "keys", "value_before", "value_after", "removed_share", "removed_low",
                  "removed_high"]].round(4))
 

@@ -164,3 +164,34 @@ def test_verdict_rules_follow_the_intervals():
     assert claims.c1_absolute_position("m", positive, positive).verdict == claims.SUPPORTED
     assert claims.c1_absolute_position("m", positive, straddling).verdict == claims.MIXED
     assert claims.c1_absolute_position("m", straddling, straddling).verdict == claims.NOT_SUPPORTED
+
+
+def fake_capture(**fields):
+    """The few fields of a Capture that a per-position metric reads."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(model="hand-made", condition="test", **fields)
+
+
+def test_position_probe_reads_a_linear_code_and_not_noise():
+    generator = torch.Generator().manual_seed(0)
+    positions = list(range(0, 64, 2))
+    direction = torch.randn(16, generator=generator)
+    coded = torch.tensor(positions, dtype=torch.float64)[None, :, None] * direction + 0.01 * torch.randn(
+        8, len(positions), 16, generator=generator, dtype=torch.float64)
+    noise = torch.randn(8, len(positions), 16, generator=generator, dtype=torch.float64)
+    cap = fake_capture(probe_resid=torch.stack([noise, coded]), probe_positions=positions, layers=[0])
+    r2 = M.position_probe(cap, ridge=1e-4)["probe_r2"].tolist()
+    assert r2[1] > 0.99 and r2[0] < 0.1
+
+
+def test_trajectory_spread_and_fingerprint_cosine_of_hand_made_streams():
+    same = torch.ones(3, 4, 8)  # (depth, prompt, d): every prompt carries the same vector
+    cap = fake_capture(resid0=same, layers=[0, 1])
+    table = M.trajectory_table(cap)
+    assert table["spread"].max() == 0 and np.allclose(table["cosine_prev"].iloc[1:], 1.0)
+    writes = torch.zeros(1, 4, 2, 8)  # (layer, prompt, head, d)
+    writes[..., 0, 0] = 1.0  # head 0 writes the same vector for every prompt
+    writes[:, :, 1, :] = torch.eye(8)[:4]  # head 1 writes orthogonal vectors
+    fingerprints = M.fingerprint_table(fake_capture(sink_writes=writes, layers=[0]))
+    assert fingerprints["fingerprint_cosine"].tolist() == pytest.approx([1.0, 0.0])
