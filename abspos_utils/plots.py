@@ -97,7 +97,8 @@ def intervals(table: pd.DataFrame, x: str, value: str, low: str, high: str, hue:
         ax.set_xlim(*clip)
     if reference is not None:
         ax.axvline(reference, color="crimson", linestyle="--", label=reference_label)
-        ax.legend(loc="lower left", fontsize="small")
+        ax.legend(loc="best", fontsize="small")
+    ax.xaxis.set_major_locator(plt.MaxNLocator(6))
     if percent:
         ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
