@@ -36,7 +36,7 @@ book-clean:
 	rm -rf _build book/findings
 
 test: setup browser
-	@$(BIN)/python -m pytest tests
+	@$(BIN)/python -m pytest tests --durations=12
 
 test-fast: setup
 	@$(BIN)/python -m pytest tests -m "not slow"

@@ -291,6 +291,18 @@ class Capture:
         return int(self.key0.shape[-1])
 
 
+def _compact(value: Tensor) -> Tensor:
+    """A CPU tensor that owns only its own elements.
+
+    A slice such as ``weights[..., 0]`` is a view that keeps the whole (batch, head, T, T) map alive, and
+    ``.cpu()`` on a CPU tensor does not copy: kept as is, every layer's full map would stay in memory.
+    """
+    value = value.detach()
+    if value.untyped_storage().nbytes() > value.numel() * value.element_size():
+        value = value.clone()
+    return value.cpu()
+
+
 def _window_pairs(visible: np.ndarray, window: tuple[int, int]) -> WindowPairs:
     sub = visible.copy()
     sub[: window[0]] = False
@@ -331,7 +343,7 @@ def capture(
     visible_rows: dict[int, Tensor] = {}
 
     def keep(layer: int, key: str, value: Tensor) -> None:
-        per_layer[layer].setdefault(key, []).append(value.detach().cpu())
+        per_layer[layer].setdefault(key, []).append(_compact(value))
 
     def on_layer(view: LayerView) -> None:
         layer = view.layer

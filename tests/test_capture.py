@@ -131,7 +131,9 @@ def test_bad_input_is_one_sentence(tiny_llama):
         position0_replacement(tiny_llama, prompts, "shuffle")
     from transformers import AutoModelForCausalLM
 
-    sdpa = AutoModelForCausalLM.from_config(tiny_llama.model.config, attn_implementation="sdpa")
+    import copy
+
+    sdpa = AutoModelForCausalLM.from_config(copy.deepcopy(tiny_llama.model.config), attn_implementation="sdpa")
     with pytest.raises(AbsposError, match="'sdpa' attention"):
         nnsight_model(LoadedModel("tiny-sdpa", sdpa, tiny_llama.tokenizer, "", ""))
     with pytest.raises(AbsposError, match="Unknown bos mode"):
@@ -179,3 +181,15 @@ def test_sink_rate_of_smollm2_matches_plain_transformers(smollm2):
     independent = float((key0.mean((1, 3)) > 0.3).double().mean())
     assert ours == pytest.approx(independent)
     assert ours > 0.3  # SmolLM2 has many sink heads (about 0.7 at T = 64-128)
+
+
+def test_kept_statistics_do_not_hold_the_attention_maps():
+    """A per-layer statistic sliced from a (batch, head, T, T) map must not keep the whole map alive."""
+    from abspos_utils.capture import _compact
+
+    maps = torch.zeros(2, 4, SEQ, SEQ)
+    key0 = maps[..., 0]
+    assert key0.untyped_storage().nbytes() == maps.numel() * 4  # a plain slice holds every map
+    assert _compact(key0).untyped_storage().nbytes() == key0.numel() * 4
+    owned = torch.zeros(3, 5)
+    assert _compact(owned).data_ptr() == owned.data_ptr()  # no copy when nothing is wasted
