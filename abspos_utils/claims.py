@@ -19,6 +19,8 @@ FINGERPRINT_IDENTICAL = 0.99  # mean cosine above which sink writes are "the sam
 
 @dataclass
 class Verdict:
+    """One claim's verdict on one model; ``numbers`` starts with its headline number."""
+
     claim: str
     model: str
     verdict: str
@@ -85,10 +87,10 @@ def c3_residual(model: str, same_first_spread: float, varied_first_spread: float
     verdict = _count([closed, *others]) if closed else NOT_SUPPORTED
     return Verdict(
         "C3", model, verdict, c3_residual.__doc__.split(": ", 1)[1].replace("\n    ", " "),
-        {"same_first_relative_spread": same_first_spread, "varied_first_relative_spread": varied_first_spread,
-         "sink_rate": sink_rate["sink_rate"], "sink_rate_low": sink_rate["ci_low"],
-         "L_res_transfer": bos_transfer["difference"], "transfer_low": bos_transfer["diff_low"],
-         "transfer_high": bos_transfer["diff_high"]},
+        {"L_res_transfer": bos_transfer["difference"], "transfer_low": bos_transfer["diff_low"],
+         "transfer_high": bos_transfer["diff_high"], "same_first_relative_spread": same_first_spread,
+         "varied_first_relative_spread": varied_first_spread, "sink_rate": sink_rate["sink_rate"],
+         "sink_rate_low": sink_rate["ci_low"]},
         f"position-0 spread: same first token {same_first_spread:.1e}, varied {varied_first_spread:.2f}; "
         f"sink rate {sink_rate['sink_rate']:.2f}; L_res added by a distinct position 0: "
         f"{_ci(bos_transfer, 'difference', 'diff_low', 'diff_high')}",
@@ -147,7 +149,7 @@ def c6_fingerprint(model: str, same_bos: float, varied_first: float, same_token_
               same_token_other_text >= FINGERPRINT_IDENTICAL, random_replacement["diff_high"] < 0]
     return Verdict(
         "C6", model, _count(checks), c6_fingerprint.__doc__.split(": ", 1)[1].replace("\n    ", " "),
-        {"cos_same_bos": same_bos, "cos_varied_first": varied_first, "cos_same_token_other_text": same_token_other_text,
+        {"cos_varied_first": varied_first, "cos_same_bos": same_bos, "cos_same_token_other_text": same_token_other_text,
          "sink_rate_before": random_replacement["rate_before"], "sink_rate_after": random_replacement["rate_after"],
          "change_low": random_replacement["diff_low"], "change_high": random_replacement["diff_high"]},
         f"fingerprint cosine: same BOS {same_bos:.3f}, varied first token {varied_first:.3f}, same token in other "
