@@ -55,11 +55,11 @@ KEY_DOMAINS = ("bulk", "all")
 
 
 class PairDomain:
-    """Least-squares projections for values on a set of (query, key) pairs.
+    """Least-squares fits of values on a set of (query, key) pairs by row and diagonal (i - j) dummies.
 
-    ``toeplitz(x)`` replaces each value by the mean of its diagonal i - j (projection on diagonal
-    dummies); ``joint(x)`` is the fit with one parameter per diagonal and one per row, solved exactly from
-    the (rows + diagonals)-sized normal equations, whose factorisation is shared by all prompts and heads.
+    ``sums(x)`` gives X^T x (row sums, then diagonal sums), ``solve`` the coefficients from the
+    (rows + diagonals)-sized normal equations, whose factorisation is shared by all prompts and heads, and
+    ``joint(x)`` the fitted values. :func:`domain_grams` uses the sums directly, never forming P-sized fits.
     """
 
     def __init__(self, rows: np.ndarray, cols: np.ndarray):
@@ -88,13 +88,6 @@ class PairDomain:
         out = torch.zeros(*x.shape[:-1], groups, dtype=x.dtype)
         return out.index_add_(-1, index, x)
 
-    def mean(self, x: Tensor) -> Tensor:
-        return x.mean(-1, keepdim=True).expand_as(x)
-
-    def toeplitz(self, x: Tensor) -> Tensor:
-        sums = self._group_sums(x, self._diag, self.n_diags)
-        return (sums / torch.from_numpy(self.diag_count))[..., self._diag]
-
     def solve(self, b: Tensor) -> Tensor:
         """Coefficients theta of the row + diagonal fit from the normal equations' right side b = X^T x."""
         if self._pinv is not None:
@@ -108,6 +101,7 @@ class PairDomain:
         return torch.cat([self._group_sums(x, self._row, self.n_rows), self._group_sums(x, self._diag, self.n_diags)], -1)
 
     def joint(self, x: Tensor) -> Tensor:
+        """The fitted values mu + f(i - j) + g(i) of the row + diagonal least-squares fit of x."""
         theta = self.solve(self.sums(x))
         return theta[..., : self.n_rows][..., self._row] + theta[..., self.n_rows :][..., self._diag]
 

@@ -95,6 +95,7 @@ for name in models:
     for condition, (net, prompts) in conditions.items():
         m = measured[name, condition] = run.measure(net, prompts, condition)
         run.table("rows", metrics.row_statistics(m.capture))
+        run.table("heads", metrics.decomposition_table(m.decomposition))
         run.table("layers", metrics.layer_table(m.decomposition))
         run.table("headline", metrics.headline_rows(m.decomposition, seed=seed))
         run.table("sink_curve", metrics.sink_curve(m.capture))
@@ -146,7 +147,8 @@ for name in models:
 #
 # Medians over all heads with bootstrap 95% intervals over prompts. `L_abs` is the whole non-relative
 # share ($L_\text{mask}+L_\text{res}$); `L_mask_count` is the part of $L_\text{mask}$ carried by
-# $-\log n_i$; `sink_share` is the share of the all-keys energy that sits in the key-0 column.
+# $-\log n_i$; `sink_share` is the share of the all-keys energy that sits in the key-0 column. The same
+# shares for every layer and head are in `heads.parquet` in the output folder.
 
 # %%
 summary = headline.pivot_table(index=["model", "condition", "window", "keys"], columns="statistic",
