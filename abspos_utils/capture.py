@@ -37,6 +37,7 @@ Residual = Float[Tensor, "batch position d_model"]
 #: nnsight ``.source`` labels: in the attention module's forward, then inside the eager attention function.
 ATTENTION_OPS = {
     "values": "value_states_0",  # self_attn.forward: v after the V projection, (batch, kv_head, pos, head_dim)
+    "rotary": "apply_rotary_pos_emb_0",  # self_attn.forward: (q, k) after RoPE, (batch, head | kv_head, pos, head_dim)
     "attention_call": "attention_interface_1",  # self_attn.forward: the call of the attention function
     "scores": "attn_weights_0",  # eager_attention_forward: matmul(q, k^T) * scaling, before mask/soft-cap
     "softmax": "nn_functional_softmax_0",  # eager_attention_forward: input = masked scores, output = a
@@ -137,6 +138,8 @@ class LayerView:
     weights: Scores  # a_ij, the model's own softmax output
     log_z: Float[Tensor, "batch head query"]  # log Z_i = log sum over visible j of exp(softmax input)
     visible: Visible  # the pairs the mask lets through (same for every prompt)
+    queries: Float[Tensor, "batch head position head_dim"]  # q after RoPE
+    keys: Float[Tensor, "batch kv_head position head_dim"]  # k after RoPE (and any key norm)
     values: Float[Tensor, "batch kv_head position head_dim"]
     residual: Residual  # the residual stream after this layer
 
@@ -195,6 +198,7 @@ def trace_batch(
             for index in layers:
                 attention = layer_modules[index].self_attn
                 values = getattr(attention.source, ATTENTION_OPS["values"]).output
+                queries, keys = getattr(attention.source, ATTENTION_OPS["rotary"]).output
                 inner = getattr(attention.source, ATTENTION_OPS["attention_call"]).source
                 scores = getattr(inner, ATTENTION_OPS["scores"]).output.float()
                 softmax = getattr(inner, ATTENTION_OPS["softmax"])
@@ -209,8 +213,8 @@ def trace_batch(
                 log_z = masked.diagonal(dim1=-2, dim2=-1).float() - log_weights.diagonal(dim1=-2, dim2=-1)
                 weights = softmax.output
                 residual = layer_modules[index].output
-                on_layer(LayerView(index, scores, log_weights, weights.float(), log_z, visible, values.float(),
-                                   residual.float()))
+                on_layer(LayerView(index, scores, log_weights, weights.float(), log_z, visible, queries.float(),
+                                   keys.float(), values.float(), residual.float()))
             loss = None
             if with_loss:
                 logits = model.output.logits
@@ -259,7 +263,9 @@ class Capture:
     - ``sink_writes``: (L, N, H, d) W_O^h v_0, what head h writes per unit of attention on position 0;
     - ``resid0``: (L + 1, N, d) position-0 residual stream: the embedding output, then after each layer;
     - ``probe_resid``: (L + 1, N, P, d) residual stream at ``probe_positions`` (for position probes);
-    - ``loss``: (N,) mean next-token cross-entropy, when captured ``with_loss``.
+    - ``loss``: (N,) mean next-token cross-entropy, when captured ``with_loss``;
+    - ``qkv``: {"q": (L, N, H, P, head_dim), "k" and "v": (L, N, KV, P, head_dim)}, q and k after RoPE, at
+      ``qkv_positions`` (only when asked for).
     """
 
     model: str
@@ -280,6 +286,8 @@ class Capture:
     probe_positions: list[int]
     probe_resid: Tensor
     loss: Tensor | None
+    qkv: dict[str, Tensor] = field(default_factory=dict)
+    qkv_positions: list[int] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
 
     @property
@@ -320,6 +328,7 @@ def capture(
     early_end: int = DEFAULT_EARLY_END,
     batch_size: int | None = None,
     n_probe_positions: int = 48,
+    qkv_positions: list[int] = (),
     remote: bool = False,
     progress: bool = True,
     with_loss: bool = False,
@@ -362,6 +371,9 @@ def capture(
         v0 = view.values[:, :, 0, :].repeat_interleave(group, dim=1)  # (B, H, head_dim)
         w_o = o_proj[layers.index(layer)].view(-1, H, head_dim)  # (d, H, head_dim)
         keep(layer, "sink_writes", torch.einsum("bhk,dhk->bhd", v0.cpu(), w_o))
+        if qkv_positions:
+            for name, tensor in (("q", view.queries), ("k", view.keys), ("v", view.values)):
+                keep(layer, name, tensor[:, :, list(qkv_positions), :])
         keep(layer, "resid0", view.residual[:, 0, :])
         keep(layer, "probe", view.residual[:, probe_positions, :])
 
@@ -410,5 +422,7 @@ def capture(
         probe_positions=probe_positions,
         probe_resid=torch.cat([embed_probe[None], stacked("probe")]),
         loss=torch.cat(losses) if with_loss else None,
+        qkv={name: stacked(name) for name in "qkv"} if qkv_positions else {},
+        qkv_positions=list(qkv_positions),
         meta={"window": intervention.window, **loaded.provenance},
     )

@@ -3,6 +3,7 @@ with the model's own attention weights, the repeated-token control, position 0 a
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -193,3 +194,24 @@ def test_kept_statistics_do_not_hold_the_attention_maps():
     assert _compact(key0).untyped_storage().nbytes() == key0.numel() * 4
     owned = torch.zeros(3, 5)
     assert _compact(owned).data_ptr() == owned.data_ptr()  # no copy when nothing is wasted
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3"])
+def test_captured_queries_and_keys_reproduce_the_scores(name):
+    """s_ij = q_i . k_j * scaling for the captured (rotated) q and k, with each head's KV group."""
+    loaded = load_model(name)
+    positions = [0, 5, 20, 30]
+    cap = capture(loaded, make_prompts(loaded.tokenizer, n_prompts=2, seq_len=SEQ), qkv_positions=positions,
+                  progress=False)
+    group = cap.qkv["q"].shape[2] // cap.qkv["k"].shape[2]
+    for index, layer in enumerate(cap.layers):
+        scaling = loaded.model.model.layers[layer].self_attn.scaling
+        pairs = cap.pairs["early"][index]
+        for i, j in ((5, 0), (20, 5), (30, 20), (20, 0)):
+            where = np.flatnonzero((pairs.rows == i) & (pairs.cols == j))
+            if not len(where):  # outside a sliding window
+                continue
+            q = cap.qkv["q"][index, :, :, positions.index(i)]  # (N, H, head_dim)
+            k = cap.qkv["k"][index, :, :, positions.index(j)].repeat_interleave(group, dim=1)
+            expected = (q * k).sum(-1) * scaling
+            torch.testing.assert_close(cap.early_scores[index][..., where[0]], expected, atol=1e-4, rtol=1e-4)
