@@ -315,15 +315,18 @@ def _resolve_external(name: str) -> str:
         )
     from transformers import AutoConfig
 
+    offline = AbsposError(
+        f"Cannot reach the Hugging Face hub to fetch '{name}' (no network here): use an embedded zoo "
+        "model, or download the checkpoint elsewhere and pass its folder."
+    )
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise offline
     try:
         AutoConfig.from_pretrained(name)
     except OSError as error:
         text = str(error).lower()
         if any(word in text for word in ("connect", "offline", "resolve", "network", "timed out", "internet")):
-            raise AbsposError(
-                f"Cannot reach the Hugging Face hub to fetch '{name}' (no network here): use an embedded zoo "
-                "model, or download the checkpoint elsewhere and pass its folder."
-            ) from None
+            raise offline from None
         raise AbsposError(
             f"'{name}' is not a Hugging Face model this machine can load ({str(error).splitlines()[0]}): "
             "check the id and your access token."
