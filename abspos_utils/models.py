@@ -460,7 +460,8 @@ class Architecture:
         """One row per layer: the per-layer part of the description as a DataFrame."""
         import pandas as pd
 
-        return pd.DataFrame([asdict(layer) for layer in self.layers]).set_index("layer")
+        table = pd.DataFrame([asdict(layer) for layer in self.layers]).set_index("layer")
+        return table.astype({"window": "Int64"})  # whole tokens, <NA> on full-attention layers
 
     def summary(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "layers"}
