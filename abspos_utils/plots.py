@@ -14,7 +14,6 @@ import pandas as pd
 import seaborn as sns
 
 PALETTE = "colorblind"
-PAPER_REMOVED_SHARE = 0.40
 
 
 def set_style() -> None:

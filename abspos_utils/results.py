@@ -53,10 +53,10 @@ def seed_everything(seed: int) -> None:
 
 @dataclass
 class Measurement:
-    """A capture and its position decomposition, under one condition."""
+    """A capture and its position decomposition (None when not asked for), under one condition."""
 
     capture: Capture
-    decomposition: metrics.Decomposition
+    decomposition: metrics.Decomposition | None
 
 
 class Experiment:
@@ -95,14 +95,15 @@ class Experiment:
         return make_prompts(loaded.tokenizer, kind, **options)
 
     def measure(self, loaded: LoadedModel, prompts: PromptSet, condition: str,
-                intervention: Intervention | None = None, **kwargs) -> Measurement:
-        """Capture one condition and decompose it; the condition label names it in every table."""
+                intervention: Intervention | None = None, decompose: bool = True, **kwargs) -> Measurement:
+        """Capture one condition and (unless ``decompose=False``) decompose it; the condition label names
+        it in every table."""
         intervention = intervention or Intervention()
         intervention = Intervention(condition, intervention.position0, intervention.window)
         kwargs.setdefault("progress", False)  # the runner reports progress per notebook
         cap = capture(loaded, prompts, intervention=intervention, remote=self.remote,
                       early_end=self.parameters.get("early_end", 32), **kwargs)
-        return Measurement(cap, metrics.decompose(cap))
+        return Measurement(cap, metrics.decompose(cap) if decompose else None)
 
     # --- outputs ---------------------------------------------------------------------------------------
 

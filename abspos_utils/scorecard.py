@@ -31,6 +31,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.patches import Patch
 
+from .claims import MIXED
+
 CLAIMS = {
     "C1": "RoPE attention patterns carry absolute position although RoPE logits depend only on i − j",
     "C2": "the causal mask: the softmax denominator Z_i sums i + 1 terms, so it depends on i by construction",
@@ -44,7 +46,6 @@ EXPECTED = {"01_mask_denominator": ["C1", "C2"], "02_residual_trajectory": ["C3"
             "03_architecture_comparison": ["C4"], "04_bos_replacement": ["C5"], "05_sink_fingerprint": ["C6"]}
 VERDICTS = ["supported", "mixed", "not supported", "not testable"]
 NOT_TESTABLE = "not testable"
-MIXED = "mixed"
 DEPENDS = "depends on the model"
 NOT_RUN = "not run"
 NOT_REPORTED = "not reported"

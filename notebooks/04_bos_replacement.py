@@ -112,7 +112,7 @@ display(removed[["model", "after", "keys", "value_before", "value_after", "remov
 # %%
 rates = run.get("sink_rate")
 plots.intervals(rates, "condition", "sink_rate", "ci_low", "ci_high", hue="model",
-                xlabel=f"sink rate (ε = 0.3, T = {seq_len})", title="Sink rate under each replacement")
+                xlabel=f"sink rate (ε = {metrics.SINK_EPSILON}, T = {seq_len})", title="Sink rate under each replacement")
 loss = run.get("loss")
 plots.intervals(loss, "condition", "loss", "ci_low", "ci_high", hue="model",
                 xlabel="next-token loss [nats per token]", title="Next-token loss under each replacement")

@@ -48,7 +48,7 @@ from IPython.display import display
 from myst_nb import glue
 
 from abspos_utils import claims, metrics, plots
-from abspos_utils.capture import capture, position0_replacement
+from abspos_utils.capture import position0_replacement
 from abspos_utils.prompts import with_first_tokens
 from abspos_utils.results import Experiment, as_list
 
@@ -76,11 +76,7 @@ for name in models:
                   f"{fixed_first_token!r} first": (fixed_first, None),
                   "BOS → random tokens": (bos_first, position0_replacement(loaded, bos_first, "random_tokens", seed=seed))}
     for condition, (prompts, intervention) in conditions.items():
-        if intervention is not None:
-            intervention.label = condition
-        cap = captures[name, condition] = capture(loaded, prompts, intervention=intervention, early_end=early_end,
-                                                  remote=remote, progress=False)
-        cap.condition = condition
+        cap = captures[name, condition] = run.measure(loaded, prompts, condition, intervention, decompose=False).capture
         run.table("sinks", metrics.sink_table(cap))
         run.table("sink_rate", metrics.sink_rate(cap, seed=seed))
         run.table("fingerprints", metrics.fingerprint_table(cap))
@@ -128,7 +124,7 @@ for name in models:
 
 # %%
 plots.intervals(run.get("sink_rate"), "condition", "sink_rate", "ci_low", "ci_high", hue="model",
-                xlabel=f"sink rate (ε = 0.3, T = {seq_len})", title="Sink rate by what sits at position 0")
+                xlabel=f"sink rate (ε = {metrics.SINK_EPSILON}, T = {seq_len})", title="Sink rate by what sits at position 0")
 for name in models:
     for after in ("text token first", "BOS → random tokens"):
         change = metrics.compare_sink_rate(captures[name, "BOS first"], captures[name, after], seed=seed)

@@ -11,9 +11,8 @@ import pytest
 from conftest import FINDINGS
 
 from abspos_utils.runner import run_notebook
+from abspos_utils.scorecard import EXPECTED
 
-CLAIMS = {"01_mask_denominator": {"C1", "C2"}, "02_residual_trajectory": {"C3"},
-          "03_architecture_comparison": {"C4"}, "04_bos_replacement": {"C5"}, "05_sink_fingerprint": {"C6"}}
 
 
 def outputs(path):
@@ -29,7 +28,7 @@ def check_executed(findings, name, models):
     tables = list(folder.glob("*.parquet"))
     assert tables and all(len(pd.read_parquet(t)) > 0 for t in tables)
     record = json.loads((folder / "verdicts.json").read_text())
-    assert {v["claim"] for v in record["verdicts"]} == CLAIMS[name]
+    assert {v["claim"] for v in record["verdicts"]} == set(EXPECTED[name])
     for verdict in record["verdicts"]:
         assert verdict["verdict"] in {"supported", "not supported", "mixed"}
         assert verdict["rule"] and verdict["numbers"]
