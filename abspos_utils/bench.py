@@ -24,7 +24,7 @@ import psutil
 import torch
 
 from . import metrics
-from .capture import capture
+from . import capture
 from .models import load_model
 from .prompts import make_prompts
 
@@ -61,10 +61,17 @@ def measured(result: dict, key: str, device: torch.device):
 
 
 def all_metrics(cap) -> None:
-    """Every metric the notebooks compute on one capture."""
-    dec = metrics.decompose(cap)
-    metrics.headline_rows(dec)
-    metrics.layer_table(dec)
+    """Every metric the notebooks compute on one capture (the decomposition is the capture's streamed one;
+    with one prompt per group it is metrics.decompose's, exactly)."""
+    dec = cap.decomposition
+    if dec.n_groups == dec.n_prompts:
+        dec = dec.to_decomposition()
+        metrics.headline_rows(dec)
+        metrics.layer_table(dec)
+    else:  # the tables of metrics.py take one prompt per group; the shares and their bootstrap draws here
+        for key in dec.grams:
+            dec.shares(*key)
+            dec.shares(*key, metrics.bootstrap_weights(dec.n_groups))
     metrics.linear_table(cap)
     metrics.sink_rate(cap)
     metrics.trajectory_table(cap)
@@ -85,10 +92,12 @@ def bench_one(loaded, seq_len: int, n_prompts: int) -> dict:
         attentions = loaded.model(ids, output_attentions=True, logits_to_keep=1).attentions
     del attentions
     with measured(out, "capture+metrics", device):
-        cap = capture(loaded, prompts, progress=False)
+        cap = capture.collect(loaded, prompts, progress=False)
         all_metrics(cap)
-    with measured(out, "decomposition", device):
-        metrics.decompose(cap)
+    full = capture.collect(loaded, prompts, progress=False, keep_window_logw=True)
+    with measured(out, "decomposition", device):  # the in-memory decomposition of every prompt's log-weights
+        metrics.decompose(full)
+    del full
     # (c) linear ΔR² on the bulk early triangle of every layer, all heads and prompts at once vs a loop
     # (layers whose early window is cut by a sliding window shorter than it are left out)
     triangles = [k for k, p in enumerate(cap.pairs["early"]) if metrics.full_triangle(p.rows[p.cols >= 1], p.cols[p.cols >= 1])]
@@ -127,3 +136,135 @@ def main(model: str = "gemma3-270m", seq_lens=(256, 1024), n_prompts: int = 8, d
         print(f"  (d) position decomposition, all layers and heads: {fd:6.2f} s  ({fd / fa:.2f} x the forward pass)\n")
         results.append(dict(seq_len=seq_len, **r))
     return results
+
+
+# ---------------------------------------------------------------------------------------------------
+# The scaling table: every point in its own process, its peak beside the plan's prediction
+# ---------------------------------------------------------------------------------------------------
+
+#: A random model with Llama-3.1-8B's attention and MLP shape and only two layers (byte vocabulary).
+LLAMA_8B_SHAPE = dict(hidden_size=4096, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                      intermediate_size=14336, num_hidden_layers=2, max_position_embeddings=131072,
+                      rope_theta=500000.0, tie_word_embeddings=False)
+LLAMA_8B_NAME = "random Llama-3.1-8B shape, 2 layers"
+
+
+def _llama8b_shape(seed: int = 0):
+    """(LoadedModel, config) of the randomly initialised 2-layer Llama-3.1-8B-shaped model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from .families import check_labels, family_of
+    from .models import LoadedModel, byte_tokenizer
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=260, bos_token_id=1, eos_token_id=2, pad_token_id=0, **LLAMA_8B_SHAPE)
+    config._attn_implementation = "eager"
+    model = LlamaForCausalLM(config).eval()
+    check_labels(model.model.layers[0].self_attn, family_of(model))
+    return LoadedModel(LLAMA_8B_NAME, model, byte_tokenizer(), f"random weights, seed {seed}", "", 0.0, {}), config
+
+
+def point(model: str, seq_len: int, n_prompts: int, batch_size: int, n_groups: int, kind: str) -> dict:
+    """One point, run in a fresh process (``python -m abspos_utils.bench``): ``kind`` "forward" (the bare
+    eager forward over the same batches, output_attentions=True, logits_to_keep=1) or "measure" (capture
+    + every metric). Returns wall seconds and the process's peak resident memory (bytes, ru_maxrss)."""
+    import resource
+
+    torch.manual_seed(0)
+    loaded = _llama8b_shape()[0] if model == LLAMA_8B_NAME else load_model(model)
+    prompts = make_prompts(loaded.tokenizer, "text", n_prompts=n_prompts, seq_len=seq_len, bos="auto", seed=0)
+    capture.limit_heap_fragmentation()  # the same allocator setting on both sides
+    start = time.perf_counter()
+    if kind == "forward":
+        with torch.no_grad():
+            for batch in prompts.input_ids.split(batch_size):
+                attentions = loaded.model(batch, output_attentions=True, logits_to_keep=1).attentions
+                del attentions
+    else:
+        all_metrics(capture.collect(loaded, prompts, batch_size=batch_size, n_groups=n_groups, progress=False))
+    return {"seconds": time.perf_counter() - start,
+            "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def _run_point(model: str, seq_len: int, n_prompts: int, batch_size: int, n_groups: int, kind: str,
+               timeout: int) -> dict | None:
+    import json
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "abspos_utils.bench", model, str(seq_len), str(n_prompts), str(batch_size),
+               str(n_groups), kind]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    if done.returncode:
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+SCALING_POINTS = {
+    "n": [(512, 4), (512, 16), (512, 64)],
+    "t": [(256, 8), (512, 8), (1024, 8), (2048, 8)],
+}
+
+
+def scaling(model: str = "smollm2-135m", parts=("n", "t", "llama8b"), max_groups: int = 4,
+            timeout: int = 1800) -> list[dict]:
+    """The scaling table: for each (T, N) of :data:`SCALING_POINTS` (parts "n" and "t") and the random
+    Llama-3.1-8B-shaped model at T = 2048, N = 8 (part "llama8b"), the bare forward pass and capture + all
+    metrics, each in its own process, with the batch size and prompt groups (at most ``max_groups``, the
+    same for every N, so that memory independent of N shows) that the plan chooses, and the plan's predicted
+    peak beside the measured one. Ends with the plan extrapolated to 32 layers and N = 64."""
+    from . import plan as P
+
+    GiB = 2**30
+    rows = []
+    print(f"abspos bench --scaling: CPU, {torch.get_num_threads()} threads; peaks are the whole process's "
+          f"(ru_maxrss); groups at most {max_groups}\n")
+    header = (f"{'model':<38}{'T':>6}{'N':>5}{'B':>4}{'G':>4}  {'forward s':>9} {'GiB':>6}  {'measure s':>9} "
+              f"{'GiB':>6}  {'time x':>6}  {'plan GiB':>8} {'plan/meas':>9}")
+    print(header)
+    points = [(model, t, n) for part in ("n", "t") if part in parts for t, n in SCALING_POINTS[part]]
+    if "llama8b" in parts:
+        points.append((LLAMA_8B_NAME, 2048, 8))
+    for name, seq_len, n_prompts in points:
+        config = _llama8b_shape()[1] if name == LLAMA_8B_NAME else name
+        shape = P.model_shape(config)
+        chosen = P.plan(shape, seq_len, n_prompts, max_groups=max_groups)
+        forward = _run_point(name, seq_len, n_prompts, chosen.batch_size, chosen.n_groups, "forward", timeout)
+        measure = _run_point(name, seq_len, n_prompts, chosen.batch_size, chosen.n_groups, "measure", timeout)
+        row = dict(model=name, seq_len=seq_len, n_prompts=n_prompts, batch_size=chosen.batch_size,
+                   n_groups=chosen.n_groups, plan_bytes=chosen.host_peak, forward=forward, measure=measure)
+        rows.append(row)
+
+        def cell(result, key, scale=1.0, width=9, digits=1):
+            return f"{'failed':>{width}}" if result is None else f"{result[key] / scale:>{width}.{digits}f}"
+
+        ratio = "" if not (forward and measure) else f"{measure['seconds'] / forward['seconds']:>6.2f}"
+        accuracy = "" if measure is None else f"{chosen.host_peak / measure['peak_bytes']:>9.2f}"
+        print(f"{name:<38}{seq_len:>6}{n_prompts:>5}{chosen.batch_size:>4}{chosen.n_groups:>4}  "
+              f"{cell(forward, 'seconds')} {cell(forward, 'peak_bytes', GiB, 6, 2)}  {cell(measure, 'seconds')} "
+              f"{cell(measure, 'peak_bytes', GiB, 6, 2)}  {ratio:>6}  {chosen.host_peak / GiB:>8.2f} {accuracy}",
+              flush=True)
+    if "llama8b" in parts:
+        shape = P.model_shape({**_llama8b_shape()[1].to_dict(), "num_hidden_layers": 32, "vocab_size": 128256})
+        shape = P.ModelShape(**{**shape.__dict__, "name": "Llama-3.1-8B shape (32 layers)"})
+        print("\nThe plan extrapolated to the full Llama-3.1-8B shape (32 layers, vocabulary 128256):")
+        for options in (dict(seq_len=2048, n_prompts=64, host_available=64 * GiB),
+                        dict(seq_len=4096, n_prompts=64, dtype="bfloat16", device="cuda", late_rows=64,
+                             host_available=128 * GiB, accelerator_available=80 * GiB)):
+            try:
+                print(P.plan(shape, **options))
+            except Exception as error:  # a refusal is a result here
+                print(f"  refused: {error}")
+    return rows
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    name, seq_len, n_prompts, batch_size, n_groups, kind = sys.argv[1:7]
+    print(json.dumps(point(name, int(seq_len), int(n_prompts), int(batch_size), int(n_groups), kind)))

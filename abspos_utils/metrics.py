@@ -29,6 +29,7 @@ are kept as N x N Gram matrices, so a bootstrap over prompts only re-weights the
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -38,14 +39,16 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .capture import Capture
+from .capture import CapturedStatistics
 from .errors import AbsposError
+from .estimates import Comparison, Estimate
 
 PairValues = Float[Tensor, "prompt head pair"]
 Gram = Float[Tensor, "*batch prompt prompt"]
 
 SINK_EPSILON = 0.3
 N_BOOTSTRAP = 400
+RATIO_LIMIT = 10.0  # a removed-share interval reaching beyond ±1000% carries no information: shown as NaN
 KEY_DOMAINS = ("bulk", "all")
 
 
@@ -224,7 +227,7 @@ class Decomposition:
         return self._cache[key]
 
 
-def decompose(cap: Capture) -> Decomposition:
+def decompose(cap: CapturedStatistics) -> Decomposition:
     """Compute the cross-fitted Gram matrices of the decomposition for every window, key domain and layer."""
     grams: dict[tuple[str, str], Grams] = {}
     for window in cap.windows:
@@ -303,14 +306,34 @@ def shares(grams: Grams, weights: Tensor | None = None) -> dict[str, Tensor]:
     return out
 
 
+def median(values: Tensor, dim: int = -1) -> Tensor:
+    """The usual median along ``dim``: the middle value, or the mean of the two middle values for an even
+    count (``torch.median`` returns the lower of the two, which differs by up to 4% on the book's head
+    counts: 270 heads on SmolLM2, 72 on Gemma 3, 4 per Gemma layer)."""
+    ordered = values.sort(dim).values
+    n = ordered.shape[dim]
+    lower = ordered.narrow(dim, (n - 1) // 2, 1)
+    upper = ordered.narrow(dim, n // 2, 1)
+    return ((lower + upper) / 2).squeeze(dim)
+
+
+def safe_ratio(numerator: Tensor | np.ndarray, denominator: Tensor | np.ndarray) -> np.ndarray:
+    """numerator / denominator, NaN wherever the denominator is not above zero (no division warning)."""
+    num, den = np.asarray(numerator, dtype=np.float64), np.asarray(denominator, dtype=np.float64)
+    out = np.full(np.broadcast(num, den).shape, np.nan)
+    np.divide(num, den, out=out, where=np.broadcast_to(den > 0, out.shape))
+    return out
+
+
 def aggregate(values: Tensor, how: str = "median", numerator: Tensor | None = None,
               denominator: Tensor | None = None) -> Tensor:
-    """Aggregate per-head shares over the last two axes (layer, head): median, or ratio of sums."""
+    """Aggregate per-head shares over the last two axes (layer, head): the usual :func:`median`, or the
+    ratio of sums."""
     if how == "median":
-        return values.flatten(-2).median(-1).values
+        return median(values.flatten(-2))
     if how == "ratio":
         return numerator.flatten(-2).sum(-1) / denominator.flatten(-2).sum(-1)
-    raise ValueError(how)
+    raise AbsposError(f"Unknown aggregate '{how}': use 'median' or 'ratio'.")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -321,8 +344,8 @@ def aggregate(values: Tensor, how: str = "median", numerator: Tensor | None = No
 def decomposition_table(dec: Decomposition) -> pd.DataFrame:
     """One row per window x key domain x layer x head with the energies and shares (point estimates)."""
     frames = []
-    for (window, keys), grams in dec.grams.items():
-        values = shares(grams)
+    for window, keys in dec.grams:
+        values = dec.shares(window, keys)  # a Decomposition or a streamed one (grouped Grams)
         L, H = values["L_res"].shape
         frame = pd.DataFrame({name: v.reshape(-1).numpy() for name, v in values.items()})
         frame.insert(0, "head", np.tile(np.arange(H), L))
@@ -340,8 +363,8 @@ def decomposition_table(dec: Decomposition) -> pd.DataFrame:
 def layer_table(dec: Decomposition) -> pd.DataFrame:
     """One row per window x key domain x layer: shares as a ratio of sums over heads and as a median."""
     rows = []
-    for (window, keys), grams in dec.grams.items():
-        values = shares(grams)
+    for window, keys in dec.grams:
+        values = dec.shares(window, keys)  # a Decomposition or a streamed one (grouped Grams)
         for index, layer in enumerate(dec.layers):
             row = dict(model=dec.model, condition=dec.condition, window=window, keys=keys, layer=layer,
                        layer_kind=dec.layer_kind[index])
@@ -350,8 +373,8 @@ def layer_table(dec: Decomposition) -> pd.DataFrame:
                 row[f"ratio_{name}"] = float(values[f"E_{name}"][index].sum() / total)
             row["L_res"], row["L_mask"] = row.pop("ratio_remainder"), row.pop("ratio_row")
             row["L_rel"], row["L_mask_count"] = row.pop("ratio_relative"), row.pop("ratio_count")
-            row["L_res_median"] = float(values["L_res"][index].median())
-            row["L_mask_median"] = float(values["L_mask"][index].median())
+            row["L_res_median"] = float(median(values["L_res"][index]))
+            row["L_mask_median"] = float(median(values["L_mask"][index]))
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -368,7 +391,13 @@ ENERGY_OF = {"L_abs": "E_absolute", "L_res": "E_remainder", "L_mask": "E_row", "
 
 def _statistic(dec: Decomposition, weights: Tensor | None, statistic: str, window: str, keys: str, how: str,
                layers: list[int] | None) -> Tensor:
-    """One aggregated share of a decomposition, at the point estimate or for each bootstrap draw."""
+    """One aggregated share of a decomposition, at the point estimate or for each bootstrap draw.
+
+    ``"balance"`` is L_res / (L_res + L_mask) of the two aggregated shares (with ``how="ratio"`` that is
+    E_rem / (E_rem + E_row) summed over heads), NaN where L_res + L_mask is not above zero."""
+    if statistic == "balance":
+        res, mask = (_statistic(dec, weights, name, window, keys, how, layers) for name in ("L_res", "L_mask"))
+        return torch.from_numpy(safe_ratio(res, res + mask))
     values = dec.shares(window, keys, weights)
     index = _select(dec, layers)
     if how == "median":
@@ -376,59 +405,97 @@ def _statistic(dec: Decomposition, weights: Tensor | None, statistic: str, windo
     return aggregate(None, "ratio", values[ENERGY_OF[statistic]][..., index, :], values["E_total"][..., index, :])
 
 
+def _interval(point: float, boot: np.ndarray) -> Estimate:
+    """The point estimate with the 2.5 and 97.5 percentiles of its bootstrap draws (NaN draws left out)."""
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN draws give a NaN interval: "inconclusive"
+        low, high = np.nanpercentile(boot, [2.5, 97.5])
+    return Estimate(float(point), float(low), float(high))
+
+
+def _units(dec) -> int:
+    """What the bootstrap resamples: the prompts, or the prompt groups of a streamed decomposition
+    (``abspos_utils.streaming.StreamedDecomposition``, which has ``n_groups`` <= ``n_prompts``)."""
+    return getattr(dec, "n_groups", dec.n_prompts)
+
+
 def headline(dec: Decomposition, statistic: str = "L_res", window: str = "early", keys: str = "bulk",
              how: str = "median", layers: list[int] | None = None, n_boot: int = N_BOOTSTRAP,
-             seed: int = 0) -> dict:
+             seed: int = 0) -> Estimate:
     """A headline number with its seeded bootstrap 95% interval over prompts.
 
-    ``statistic`` is a share of :func:`shares` (L_res, L_mask, L_mask_count, sink_share, ...); ``how`` is
-    "median" (median over the selected layers' heads) or "ratio" (ratio of summed energies).
+    ``statistic`` is a share of :func:`shares` (L_res, L_mask, L_mask_count, sink_share, ...) or
+    ``"balance"`` (L_res / (L_res + L_mask)); ``how`` is "median" (median over the selected layers' heads)
+    or "ratio" (ratio of summed energies).
     """
     args = (statistic, window, keys, how, layers)
     point = float(_statistic(dec, None, *args))
-    boot = _statistic(dec, bootstrap_weights(dec.n_prompts, n_boot, seed), *args).numpy()
-    low, high = np.nanpercentile(boot, [2.5, 97.5])
-    return dict(model=dec.model, condition=dec.condition, statistic=statistic, window=window, keys=keys,
-                aggregate=how, value=point, ci_low=float(low), ci_high=float(high), n_prompts=dec.n_prompts)
+    return _interval(point, _statistic(dec, bootstrap_weights(_units(dec), n_boot, seed), *args).numpy())
 
 
 def headline_rows(dec: Decomposition, statistics=("L_abs", "L_res", "L_mask", "L_mask_count"),
                   windows=("early", "late"), keys=KEY_DOMAINS, how: str = "median", seed: int = 0) -> list[dict]:
-    """Headline numbers with intervals for every statistic x window x key domain of a decomposition."""
-    rows = [headline(dec, statistic, window, key, how, seed=seed)
-            for statistic in statistics for window in windows for key in keys]
+    """Table rows (model, condition, statistic, window, keys, aggregate, value, value_low, value_high,
+    n_prompts) of the :func:`headline` of every statistic x window x key domain of a decomposition."""
+    domains = [(statistic, window, key) for statistic in statistics for window in windows for key in keys]
     if "all" in keys:
-        rows += [headline(dec, "sink_share", window, "all", how, seed=seed) for window in windows]
-    return rows
+        domains += [("sink_share", window, "all") for window in windows]
+    return [dict(model=dec.model, condition=dec.condition, statistic=statistic, window=window, keys=key,
+                 aggregate=how, **headline(dec, statistic, window, key, how, seed=seed).columns(),
+                 n_prompts=dec.n_prompts)
+            for statistic, window, key in domains]
 
 
 def compare(before: Decomposition, after: Decomposition, statistic: str = "L_res", window: str = "early",
             keys: str = "bulk", how: str = "median", layers: list[int] | None = None,
-            n_boot: int = N_BOOTSTRAP, seed: int = 0) -> dict:
+            n_boot: int = N_BOOTSTRAP, seed: int = 0) -> Comparison:
     """Paired comparison of two conditions on the same prompts: the removed share 1 - after / before and
     the difference after - before, each with a paired bootstrap 95% interval (the same resampled prompts
-    in both conditions). The removed share may be negative: the intervention then *adds* structure."""
-    if before.n_prompts != after.n_prompts:
-        raise AbsposError("A paired comparison needs the same prompts in both conditions.")
+    in both conditions). The removed share may be negative: the intervention then *adds* structure. It is
+    NaN, with the reason in the Comparison's ``note``, when the baseline's interval is not above zero or the
+    share's interval reaches beyond ±1000% (:data:`RATIO_LIMIT`): such a ratio carries no information."""
+    if (before.n_prompts, _units(before)) != (after.n_prompts, _units(after)):
+        raise AbsposError("A paired comparison needs the same prompts (and prompt groups) in both conditions.")
     args = (statistic, window, keys, how, layers)
-    weights = bootstrap_weights(before.n_prompts, n_boot, seed)
+    weights = bootstrap_weights(_units(before), n_boot, seed)
     b, a = float(_statistic(before, None, *args)), float(_statistic(after, None, *args))
     bb, ab = _statistic(before, weights, *args).numpy(), _statistic(after, weights, *args).numpy()
-    removed, diff = 1 - ab / bb, ab - bb
+    return _comparison(b, a, bb, ab)
+
+
+def _comparison(before: float, after: float, before_draws: np.ndarray, after_draws: np.ndarray) -> Comparison:
+    """A :class:`Comparison` from the point values and the paired bootstrap draws of two conditions, its
+    removed share guarded (see :func:`compare`)."""
+    difference = _interval(after - before, after_draws - before_draws)
+    baseline = _interval(before, before_draws)
+    if not baseline.above_zero:
+        return Comparison(before, after, difference, Estimate.missing(),
+                          f"no ratio: the baseline {baseline.show()} is indistinguishable from zero")
+    removed = _interval(1 - after / before, 1 - safe_ratio(after_draws, before_draws))
+    if not removed.finite or max(abs(removed.low), abs(removed.high)) > RATIO_LIMIT:
+        return Comparison(before, after, difference, Estimate.missing(),
+                          f"no ratio: its interval [{removed.low:.0%}, {removed.high:.0%}] reaches beyond "
+                          f"±{RATIO_LIMIT:.0%} (the baseline {baseline.show()} is too close to zero)")
+    return Comparison(before, after, difference, removed)
+
+
+def compare_row(before: Decomposition, after: Decomposition, statistic: str = "L_res", window: str = "early",
+                keys: str = "bulk", how: str = "median", seed: int = 0) -> dict:
+    """The table row of a :func:`compare`: model, before and after (the conditions), statistic, window,
+    keys, aggregate and the columns of the :class:`Comparison`."""
+    result = compare(before, after, statistic, window, keys, how, seed=seed)
     return dict(model=before.model, before=before.condition, after=after.condition, statistic=statistic,
-                window=window, keys=keys, aggregate=how, value_before=b, value_after=a,
-                removed_share=1 - a / b, removed_low=float(np.nanpercentile(removed, 2.5)),
-                removed_high=float(np.nanpercentile(removed, 97.5)), difference=a - b,
-                diff_low=float(np.nanpercentile(diff, 2.5)), diff_high=float(np.nanpercentile(diff, 97.5)))
+                window=window, keys=keys, aggregate=how, **result.columns())
 
 
 def depth_slope(dec: Decomposition, statistic: str = "L_res", window: str = "late", keys: str = "bulk",
-                layers: list[int] | None = None, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> dict:
+                layer_kind: str | None = None, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> Estimate:
     """Least-squares slope of a per-layer share (ratio of sums over heads) against layer index, with a
-    bootstrap interval: does the component accumulate with depth over the selected layers?"""
-    layers = list(dec.layers) if layers is None else list(layers)
+    bootstrap interval: does the component accumulate with depth? Over the layers of kind ``layer_kind``
+    ("full", "sliding") or over all captured layers."""
+    layers = [layer for layer, kind in zip(dec.layers, dec.layer_kind) if layer_kind in (None, kind)]
     if len(layers) < 2:
-        raise AbsposError("A slope over depth needs at least two layers.")
+        raise AbsposError(f"A slope over depth needs at least two layers (got {len(layers)} of kind {layer_kind}).")
     x = torch.tensor(layers, dtype=torch.float64)
     x = (x - x.mean()) / ((x - x.mean()) ** 2).sum()
 
@@ -436,11 +503,98 @@ def depth_slope(dec: Decomposition, statistic: str = "L_res", window: str = "lat
         per_layer = torch.stack([_statistic(dec, weights, statistic, window, keys, "ratio", [layer]) for layer in layers], -1)
         return per_layer @ x
 
-    point = float(slope(None))
-    boot = slope(bootstrap_weights(dec.n_prompts, n_boot, seed)).numpy()
-    low, high = np.nanpercentile(boot, [2.5, 97.5])
+    return _interval(float(slope(None)), slope(bootstrap_weights(_units(dec), n_boot, seed)).numpy())
+
+
+def depth_slope_row(dec: Decomposition, statistic: str = "L_res", window: str = "late", keys: str = "bulk",
+                    layer_kind: str | None = None, seed: int = 0) -> dict:
+    """The table row of a :func:`depth_slope` (estimate ``slope_per_layer``)."""
     return dict(model=dec.model, condition=dec.condition, statistic=statistic, window=window, keys=keys,
-                slope_per_layer=point, ci_low=float(low), ci_high=float(high), layers=layers)
+                layer_kind=layer_kind or "all",
+                **depth_slope(dec, statistic, window, keys, layer_kind, seed=seed).columns("slope_per_layer"))
+
+
+def first_prompts(dec: Decomposition, n: int) -> Decomposition:
+    """The decomposition of the first ``n`` prompts only (the Gram matrices cut to them), as if the run
+    had used ``n`` prompts. The prompt sets of :mod:`abspos_utils.prompts` are nested (the first ``n``
+    prompts of a seed do not depend on how many are drawn), so this is how the estimates behave with N."""
+    if not 2 <= n <= dec.n_prompts:
+        raise AbsposError(f"Cannot keep {n} of {dec.n_prompts} prompts: cross-fitting needs 2 to {dec.n_prompts}.")
+    grams = {key: Grams(**{name: getattr(g, name)[..., :n, :n] for name in ("raw", "one", "toeplitz", "joint")},
+                        count=g.count[..., :n], sink=None if g.sink is None else g.sink[..., :n, :n])
+             for key, g in dec.grams.items()}
+    return Decomposition(dec.model, dec.condition, dec.layers, dec.layer_kind, dec.n_heads, n, grams)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The sink as a stabilizer: how much of the count term -log n_i it cancels
+# ---------------------------------------------------------------------------------------------------
+
+
+def count_row_part(domain: PairDomain, log_counts: np.ndarray) -> Tensor:
+    """(P_J - P_T) c for the count term c = -log n_i on a domain: the row part that log a would have in a
+    head without a sink whose rows differ only in their number of visible keys (uniform attention)."""
+    c = -torch.as_tensor(np.asarray(log_counts, dtype=np.float64))
+    diag_means = domain.sums(c)[domain.n_rows :] / torch.from_numpy(domain.diag_count)
+    return domain.joint(c) - diag_means[domain._diag]
+
+
+def count_slopes(cap: CapturedStatistics, window: str = "early") -> Tensor:
+    """(L, N, H): per layer, prompt and head, the slope beta = <c_row, x> / <c_row, c_row> of log a on keys
+    j >= 1 along the count term's row part c_row (:func:`count_row_part`).
+
+    A head without a sink has beta = 1 (its row part is the count term; exactly so under uniform
+    attention); a sink that takes most of the mass makes log a_ij ~ s_ij - s_i0, so the count term
+    cancels and beta ~ 0. Since c_row lies in the row space beyond the diagonals, <c_row, x> reads only
+    the row part of x: relative structure and the remainder do not move beta."""
+    slopes = []
+    for index, pairs in enumerate(cap.pairs[window]):
+        select = pairs.cols >= 1
+        domain = pair_domain(pairs.rows[select], pairs.cols[select])
+        log_counts = np.log(np.asarray(cap.n_visible[index], dtype=np.float64)[domain.rows])
+        reference = count_row_part(domain, log_counts)
+        energy = float(reference @ reference)
+        x = torch.as_tensor(cap.window_logw[window][index][..., select]).double()
+        slopes.append(x @ reference / energy if energy > 0 else torch.full(x.shape[:2], float("nan"), dtype=torch.float64))
+    return torch.stack(slopes)
+
+
+def stabilizer_table(cap: CapturedStatistics, window: str = "early", epsilon: float = SINK_EPSILON) -> pd.DataFrame:
+    """One row per layer and head: the count slope (mean over prompts), ``cancelled`` = 1 - slope (the
+    share of the count term -log n_i that the head's sink cancels), its sink score and whether it reads
+    the sink (score > epsilon)."""
+    slope = count_slopes(cap, window).mean(1)  # (L, H)
+    scores = sink_scores(cap.key0, cap.n_visible)
+    L, H = slope.shape
+    return pd.DataFrame(dict(model=cap.model, condition=cap.condition, window=window,
+                             layer=np.repeat(cap.layers, H), head=np.tile(np.arange(H), L),
+                             count_slope=slope.reshape(-1).numpy(), cancelled=(1 - slope).reshape(-1).numpy(),
+                             sink_score=scores.reshape(-1).numpy(), sink_reading=(scores > epsilon).reshape(-1).numpy()))
+
+
+def stabilizer(cap: CapturedStatistics, window: str = "early", sink_reading: bool = True,
+               epsilon: float = SINK_EPSILON, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> Estimate:
+    """Median over the sink-reading heads (or, with ``sink_reading=False``, over the other heads) of the
+    share of the count term they cancel, with a bootstrap interval over prompts (the heads are chosen once,
+    by their sink score on all prompts). NaN when there is no such head."""
+    chosen = (sink_scores(cap.key0, cap.n_visible) > epsilon) == sink_reading  # (L, H)
+    if not bool(chosen.any()):
+        return Estimate.missing()
+    slopes = count_slopes(cap, window).permute(0, 2, 1)  # (L, H, N)
+    point = float(median(1 - slopes.mean(-1)[chosen]))
+    boot = 1 - _weighted_mean(slopes, bootstrap_weights(cap.n_prompts, n_boot, seed))  # (B, L, H)
+    return _interval(point, median(boot[:, chosen]).numpy())
+
+
+def stabilizer_rows(cap: CapturedStatistics, window: str = "early", epsilon: float = SINK_EPSILON,
+                    seed: int = 0) -> list[dict]:
+    """Table rows of :func:`stabilizer` for the sink-reading heads and for the other heads (estimate
+    ``cancelled``, with the number of heads in each group)."""
+    reading = sink_scores(cap.key0, cap.n_visible) > epsilon
+    return [dict(model=cap.model, condition=cap.condition, window=window,
+                 heads="sink-reading" if group else "other", n_heads=int((reading == group).sum()),
+                 **stabilizer(cap, window, group, epsilon, seed=seed).columns("cancelled"))
+            for group in (True, False)]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -507,7 +661,7 @@ def linear_delta_r2_loop(values: np.ndarray, rows: np.ndarray, cols: np.ndarray)
     return out
 
 
-def linear_table(cap: Capture) -> pd.DataFrame:
+def linear_table(cap: CapturedStatistics) -> pd.DataFrame:
     """Linear ΔR² of s and of log a on the bulk triangle 1 <= j <= i < early_end, mean over prompts.
 
     Layers whose early window is not a full triangle (a sliding window shorter than it) get no row.
@@ -544,7 +698,7 @@ def sink_scores(key0: Float[Tensor, "layer prompt head query"], n_visible: Float
     return _weighted_mean(per_prompt.permute(0, 2, 1), weights)
 
 
-def sink_table(cap: Capture, epsilon: float = SINK_EPSILON) -> pd.DataFrame:
+def sink_table(cap: CapturedStatistics, epsilon: float = SINK_EPSILON) -> pd.DataFrame:
     """One row per layer and head: sink score and whether the head is sink-reading (score > epsilon)."""
     scores = sink_scores(cap.key0, cap.n_visible)
     L, H = scores.shape
@@ -563,33 +717,44 @@ def sink_reading_heads(table: pd.DataFrame, epsilon: float = SINK_EPSILON, fallb
     return heads.assign(above_epsilon=heads.sink_score > epsilon)
 
 
-def sink_rate(cap: Capture, epsilon: float = SINK_EPSILON, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> dict:
+def _sink_rates(cap: CapturedStatistics, epsilon: float, weights: Tensor | None) -> Tensor:
+    """Share of (layer, head) pairs with sink score > epsilon: a scalar, or one per bootstrap draw."""
+    return (sink_scores(cap.key0, cap.n_visible, weights) > epsilon).double().mean((-1, -2))
+
+
+def sink_rate(cap: CapturedStatistics, epsilon: float = SINK_EPSILON, n_boot: int = N_BOOTSTRAP,
+              seed: int = 0) -> Estimate:
     """Share of (layer, head) pairs with sink score > epsilon (Gu et al. 2025), with a bootstrap interval.
 
-    It depends on T (more keys share the mass), so T is always reported with it.
+    It depends on T (more keys share the mass), so T is always reported with it (:func:`sink_rate_row`).
     """
-    point = float((sink_scores(cap.key0, cap.n_visible) > epsilon).double().mean())
     weights = bootstrap_weights(cap.n_prompts, n_boot, seed)
-    boot = (sink_scores(cap.key0, cap.n_visible, weights) > epsilon).double().mean((-1, -2))
-    low, high = np.percentile(boot.numpy(), [2.5, 97.5])
-    return dict(model=cap.model, condition=cap.condition, sink_rate=point, ci_low=float(low), ci_high=float(high),
+    return _interval(float(_sink_rates(cap, epsilon, None)), _sink_rates(cap, epsilon, weights).numpy())
+
+
+def sink_rate_row(cap: CapturedStatistics, epsilon: float = SINK_EPSILON, seed: int = 0) -> dict:
+    """The table row of a :func:`sink_rate` (estimate ``sink_rate``, with seq_len and epsilon)."""
+    return dict(model=cap.model, condition=cap.condition, **sink_rate(cap, epsilon, seed=seed).columns("sink_rate"),
                 seq_len=cap.seq_len, epsilon=epsilon)
 
 
-def compare_sink_rate(before: Capture, after: Capture, epsilon: float = SINK_EPSILON,
-                      n_boot: int = N_BOOTSTRAP, seed: int = 0) -> dict:
+def compare_sink_rate(before: CapturedStatistics, after: CapturedStatistics, epsilon: float = SINK_EPSILON,
+                      n_boot: int = N_BOOTSTRAP, seed: int = 0) -> Comparison:
     """Paired change of the sink rate between two conditions on the same prompts, with its interval."""
     weights = bootstrap_weights(before.n_prompts, n_boot, seed)
-    rates = [(sink_scores(c.key0, c.n_visible, weights) > epsilon).double().mean((-1, -2)).numpy()
-             for c in (before, after)]
-    points = [float((sink_scores(c.key0, c.n_visible) > epsilon).double().mean()) for c in (before, after)]
-    low, high = np.percentile(rates[1] - rates[0], [2.5, 97.5])
-    return dict(model=before.model, before=before.condition, after=after.condition, rate_before=points[0],
-                rate_after=points[1], difference=points[1] - points[0], diff_low=float(low), diff_high=float(high),
-                seq_len=before.seq_len)
+    return _comparison(float(_sink_rates(before, epsilon, None)), float(_sink_rates(after, epsilon, None)),
+                       _sink_rates(before, epsilon, weights).numpy(), _sink_rates(after, epsilon, weights).numpy())
 
 
-def sink_curve(cap: Capture) -> pd.DataFrame:
+def compare_sink_rate_row(before: CapturedStatistics, after: CapturedStatistics, epsilon: float = SINK_EPSILON,
+                          seed: int = 0) -> dict:
+    """The table row of a :func:`compare_sink_rate`: model, before and after (the conditions), the
+    columns of the :class:`Comparison`, seq_len."""
+    return dict(model=before.model, before=before.condition, after=after.condition,
+                **compare_sink_rate(before, after, epsilon, seed=seed).columns(), seq_len=before.seq_len)
+
+
+def sink_curve(cap: CapturedStatistics) -> pd.DataFrame:
     """Mean a_i0 over prompts and heads per layer and query, beside the uniform 1 / n_i."""
     mean = cap.key0.mean((1, 2))  # (L, T)
     L, T = mean.shape
@@ -598,7 +763,7 @@ def sink_curve(cap: Capture) -> pd.DataFrame:
                              uniform=(1.0 / cap.n_visible.double()).reshape(-1).numpy()))
 
 
-def row_statistics(cap: Capture) -> pd.DataFrame:
+def row_statistics(cap: CapturedStatistics) -> pd.DataFrame:
     """Per layer and query (mean over prompts and heads): log Z_i, number of visible keys, entropy."""
     L, _, _, T = cap.log_z.shape
     return pd.DataFrame(dict(model=cap.model, condition=cap.condition, layer=np.repeat(cap.layers, T),
@@ -613,7 +778,7 @@ def row_statistics(cap: Capture) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------------
 
 
-def trajectory_table(cap: Capture) -> pd.DataFrame:
+def trajectory_table(cap: CapturedStatistics) -> pd.DataFrame:
     """The position-0 residual stream per depth (0 = embedding output, l + 1 = after layer l).
 
     Columns: mean norm over prompts, cosine with the previous depth, cross-prompt spread (the largest
@@ -631,7 +796,7 @@ def trajectory_table(cap: Capture) -> pd.DataFrame:
                              norm=norms.mean(-1).numpy(), cosine_prev=np.r_[np.nan, cosine.numpy()],
                              spread=spread.numpy(), relative_spread=(spread / norms.mean(-1)).numpy(),
                              massive_value=top_value.numpy(), massive_dim=top_dim.numpy(),
-                             median_abs=h.abs().median(-1).values.mean(-1).numpy()))
+                             median_abs=median(h.abs()).mean(-1).numpy()))
 
 
 def _pairwise_cosine(x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -645,7 +810,7 @@ def _pairwise_cosine(x: Tensor, y: Tensor | None = None) -> Tensor:
     return (xn @ yn.transpose(-1, -2)).mean((-1, -2))
 
 
-def fingerprint_table(cap: Capture, other: Capture | None = None) -> pd.DataFrame:
+def fingerprint_table(cap: CapturedStatistics, other: CapturedStatistics | None = None) -> pd.DataFrame:
     """Per layer and head: how alike the sink writes W_O v_0 are across prompts (mean cosine).
 
     With ``other``, the cosine is taken between this capture's prompts and the other's (for example the
@@ -665,7 +830,7 @@ def fingerprint_table(cap: Capture, other: Capture | None = None) -> pd.DataFram
 # ---------------------------------------------------------------------------------------------------
 
 
-def position_probe(cap: Capture, ridge: float = 1.0, seed: int = 0) -> pd.DataFrame:
+def position_probe(cap: CapturedStatistics, ridge: float = 1.0, seed: int = 0) -> pd.DataFrame:
     """Held-out R² of a ridge regression from the residual stream to the position index, per depth.
 
     Prompts are split in two seeded halves: the probe is trained on one and scored on the other, so a
@@ -696,14 +861,17 @@ def position_probe(cap: Capture, ridge: float = 1.0, seed: int = 0) -> pd.DataFr
                              probe_r2=scores))
 
 
-def next_token_loss(cap: Capture, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> dict:
-    """Mean next-token cross-entropy (nats) with a bootstrap interval over prompts."""
+def next_token_loss(cap: CapturedStatistics, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> Estimate:
+    """Mean next-token cross-entropy (nats per token) with a bootstrap interval over prompts."""
     if cap.loss is None:
         raise AbsposError("This capture has no next-token loss: capture it with with_loss=True.")
     loss = cap.loss.double()
-    boot = _weighted_mean(loss, bootstrap_weights(cap.n_prompts, n_boot, seed)).numpy()
-    return dict(model=cap.model, condition=cap.condition, loss=float(loss.mean()),
-                ci_low=float(np.percentile(boot, 2.5)), ci_high=float(np.percentile(boot, 97.5)))
+    return _interval(float(loss.mean()), _weighted_mean(loss, bootstrap_weights(cap.n_prompts, n_boot, seed)).numpy())
+
+
+def next_token_loss_row(cap: CapturedStatistics, seed: int = 0) -> dict:
+    """The table row of a :func:`next_token_loss` (estimate ``loss``)."""
+    return dict(model=cap.model, condition=cap.condition, **next_token_loss(cap, seed=seed).columns("loss"))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -711,8 +879,9 @@ def next_token_loss(cap: Capture, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> d
 # ---------------------------------------------------------------------------------------------------
 
 
-def ntk_rotation_gap(head_dim: int, base: float, factor: float, seq_lens: list[int]) -> pd.DataFrame:
-    """How far NTK scaling moves each RoPE frequency over a prompt of T tokens.
+def ntk_rotation_gap(arch, factor: float, seq_lens: list[int]) -> pd.DataFrame:
+    """How far NTK scaling moves each RoPE frequency of a model (an ``Experiment.describe`` result, read:
+    its head width d and the RoPE base b of its first layer) over a prompt of T tokens.
 
     Frequency k rotates by T * b**(-2k/d) radians over T tokens; NTK scaling changes the base to
     b' = b * s**(d / (d - 2)). The gap T * (w_k - w'_k) is ~0 for the fast frequencies and only reaches
@@ -720,6 +889,7 @@ def ntk_rotation_gap(head_dim: int, base: float, factor: float, seq_lens: list[i
     """
     from .models import ntk_base
 
+    head_dim, base = arch.head_dim, arch.layers[0].rope_theta
     k = np.arange(head_dim // 2)
     standard = base ** (-2 * k / head_dim)
     scaled = ntk_base(base, factor, head_dim) ** (-2 * k / head_dim)

@@ -4,7 +4,21 @@
 # **Question.** A sink-reading head puts much of its mass on key 0 and so adds $a_{i0}\,W_O v_0$ to every
 # later position. Is that vector a property of the input text, or of the token at position 0? And is the
 # sink tied to the BOS token specifically, or to whatever token comes first?
-#
+
+# %% tags=["parameters", "remove-cell"]
+model = ["smollm2-135m", "gemma3-270m"]  # zoo names (abspos models list), tiny-*, a local folder or a hub id; one or a list
+n_prompts = 16  # prompts per condition, at least 4 (GPU: 64 or more)
+seq_len = 128  # tokens per prompt, > early_end and within the model's trained positions
+bos = "prepend"  # default BOS policy: "prepend", "auto" or "none" (the conditions below set their own)
+early_end = 32  # early queries are [1, early_end); late ones [seq_len / 2, seq_len)
+fixed_first_token = " The"  # the text whose first token opens every prompt of the third condition
+seed = 0  # seeds prompts, bootstrap and the random first tokens
+device = "cpu"  # "cpu", "cuda" or "cuda:N"
+dtype = "float32"  # "float32", "bfloat16", "float16" or "float64"
+remote = False  # True: trace through nnsight's remote execution
+output_dir = ""  # tables and verdicts; "" means runs/lab/05_sink_fingerprint (relative: to the repository)
+
+# %% [markdown]
 # **Claim tested.** C6 — attention sinks are token-anchored: they pass forward a deterministic
 # fingerprint of the position-0 token, constant across inputs when that token is the auto-prepended BOS
 # and varying with it otherwise; replacing BOS with random tokens suppresses the sink.
@@ -26,37 +40,17 @@
 # Whether the sink is anchored to BOS or to any first token is decided from the data: the sink rate with
 # the text token first against BOS first.
 
-# %% tags=["parameters", "remove-cell"]
-model = ["smollm2-135m", "gemma3-270m"]
-n_prompts = 16
-seq_len = 128
-bos = "prepend"
-early_end = 32
-fixed_first_token = " The"
-seed = 0
-device = "cpu"
-dtype = "float32"
-remote = False
-output_dir = "book/findings/05_sink_fingerprint"
-
 # %% [markdown]
-# Set-up.
+# Set-up: the library, seeds and the run record.
 
 # %%
-import torch
 from IPython.display import display
 from myst_nb import glue
 
-from abspos_utils import claims, metrics, plots
-from abspos_utils.capture import position0_replacement
-from abspos_utils.prompts import with_first_tokens
-from abspos_utils.results import Experiment, as_list
+from abspos_utils import Experiment, claims, metrics, plots
 
 plots.set_style()
-run = Experiment("05_sink_fingerprint", dict(model=model, n_prompts=n_prompts, seq_len=seq_len, bos=bos,
-                 early_end=early_end, fixed_first_token=fixed_first_token, seed=seed, device=device,
-                 dtype=dtype, remote=remote), output_dir)
-models = as_list(model)
+run = Experiment.from_parameters("05_sink_fingerprint", globals())
 
 # %% [markdown]
 # ## Measurements
@@ -65,21 +59,26 @@ models = as_list(model)
 # so the captures skip the position decomposition.
 
 # %%
-captures = {}
-for name in models:
+stand_in = {}
+for name in run.models:
+    if run.not_applicable(("C6",), name):
+        continue
     loaded = run.model(name)
     bos_first = run.prompts(loaded, bos="prepend")
+    stand_in[name] = run.stand_in(loaded, bos_first)
     text_first = run.prompts(loaded, bos="none")
-    token_id = loaded.tokenizer(fixed_first_token, add_special_tokens=False)["input_ids"][0]
-    fixed_first = with_first_tokens(text_first, torch.full((text_first.n_prompts,), token_id), "fixed first token")
+    fixed_first = run.first_tokens(loaded, text_first, fixed_first_token, "fixed first token")
     conditions = {"BOS first": (bos_first, None), "text token first": (text_first, None),
                   f"{fixed_first_token!r} first": (fixed_first, None),
-                  "BOS → random tokens": (bos_first, position0_replacement(loaded, bos_first, "random_tokens", seed=seed))}
+                  "BOS → random tokens": (bos_first, run.position0(loaded, bos_first, "random_tokens"))}
+    captured = {}
     for condition, (prompts, intervention) in conditions.items():
-        cap = captures[name, condition] = run.measure(loaded, prompts, condition, intervention, decompose=False).capture
-        run.table("sinks", metrics.sink_table(cap))
-        run.table("sink_rate", metrics.sink_rate(cap, seed=seed))
-        run.table("fingerprints", metrics.fingerprint_table(cap))
+        stats = captured[condition] = run.measure(loaded, prompts, condition, intervention, decompose=False).statistics
+        run.table("sinks", metrics.sink_table(stats))
+        run.table("sink_rate", metrics.sink_rate_row(stats, seed=seed))
+        run.table("fingerprints", metrics.fingerprint_table(stats))
+    for after in ("text token first", "BOS → random tokens"):
+        run.table("sink_change", metrics.compare_sink_rate_row(captured["BOS first"], captured[after], seed=seed))
 sinks, fingerprints = run.get("sinks"), run.get("fingerprints")
 
 # %% [markdown]
@@ -89,7 +88,7 @@ sinks, fingerprints = run.get("sinks"), run.get("fingerprints")
 
 # %%
 reading = {}
-for name in models:
+for name in stand_in:
     table = sinks[(sinks.model == name) & (sinks.condition == "BOS first")]
     reading[name] = metrics.sink_reading_heads(table)
     plots.head_heatmap(table, "sink_score", f"{name}: sink score per head (BOS first)", "mean a_i0", vmin=0, vmax=1)
@@ -103,7 +102,7 @@ for name in models:
 
 # %%
 rows = []
-for name in models:
+for name in stand_in:
     heads = reading[name][["layer", "head"]]
     for condition in fingerprints[fingerprints.model == name].condition.unique():
         table = fingerprints[(fingerprints.model == name) & (fingerprints.condition == condition)].merge(heads)
@@ -111,7 +110,7 @@ for name in models:
                          min_cosine=table.fingerprint_cosine.min(), heads=len(table)))
 similarity = run.table("fingerprint_similarity", rows)
 display(similarity.round(4))
-for name in models:
+for name in stand_in:
     table = fingerprints[(fingerprints.model == name) & (fingerprints.condition == "text token first")]
     plots.head_heatmap(table, "fingerprint_cosine", f"{name}: fingerprint cosine across prompts, text token first",
                        "mean pairwise cosine", vmin=-1, vmax=1, cmap="vlag")
@@ -123,15 +122,14 @@ for name in models:
 # the paired change from BOS first to the text token first and to random-token replacement.
 
 # %%
-plots.intervals(run.get("sink_rate"), "condition", "sink_rate", "ci_low", "ci_high", hue="model",
+plots.intervals(run.get("sink_rate"), "condition", hue="model",
                 xlabel=f"sink rate (ε = {metrics.SINK_EPSILON}, T = {seq_len})", title="Sink rate by what sits at position 0")
-for name in models:
-    for after in ("text token first", "BOS → random tokens"):
-        change = metrics.compare_sink_rate(captures[name, "BOS first"], captures[name, after], seed=seed)
-        anchoring = ("BOS-anchored" if change["diff_high"] < 0 and change["rate_after"] < 0.5 * change["rate_before"]
-                     else "anchored to whatever token comes first")
-        run.table("anchoring", dict(change, anchoring=anchoring if after == "text token first" else ""))
-display(run.get("anchoring").round(3))
+changes = run.get("sink_change")
+anchored = (changes.difference_high < 0) & (changes.value_after < 0.5 * changes.value_before)
+anchoring = changes.assign(anchoring=anchored.map({True: "BOS-anchored",
+                                                   False: "anchored to whatever token comes first"}).where(
+                               changes["after"] == "text token first", ""))
+display(run.table("anchoring", anchoring).round(3))
 
 # %% [markdown]
 # ## Verdict
@@ -139,15 +137,20 @@ display(run.get("anchoring").round(3))
 # C6 combines four computed checks (rule printed with the verdict).
 
 # %%
-for name in models:
+for name in stand_in:
     sim = similarity[similarity.model == name].set_index("condition").mean_cosine
-    replacement = metrics.compare_sink_rate(captures[name, "BOS first"], captures[name, "BOS → random tokens"], seed=seed)
     run.verdict(claims.c6_fingerprint(name, float(sim["BOS first"]), float(sim["text token first"]),
-                                      float(sim[f"{fixed_first_token!r} first"]), replacement))
-verdicts = run.verdict_table()
+                                      float(sim[f"{fixed_first_token!r} first"]),
+                                      run.comparison("sink_change", model=name, after="BOS → random tokens"),
+                                      stand_in=stand_in[name]))
+verdicts = run.finish()
 glue("verdicts_05", verdicts, display=False)
 glue("summary_05", run.summary_text(), display=False)
 verdicts
+
+# %% tags=["remove-cell"]
+# The "In words" paragraph below as plain text, for reading the notebook in JupyterLab.
+print(run.summary_text())
 
 # %% [markdown]
 # **In words, from this run:** {glue:text}`summary_05:s`

@@ -8,41 +8,52 @@
 # notebook runs.
 #
 # A verdict is one of *supported*, *not supported*, *mixed* (the rule's conditions hold for part of the
-# evidence only) or *not testable* (the run cannot test the claim, for instance a sliding-window claim on a
-# model without a sliding window). A claim tested by several notebooks on one model, or on several models,
-# is summarised as follows: identical verdicts stand as they are; verdicts that differ across notebooks
-# for one model count as *mixed*; verdicts that differ across models are reported as *depends on the
-# model*, with each model's verdict listed. *Not testable* verdicts are set aside when others exist.
+# evidence only), *inconclusive* (an interval the rule needs cannot tell: it is NaN, holds both the null
+# and the paper's value, or is wider than the bound the rule states; a ratio whose baseline is
+# indistinguishable from zero is inconclusive) or *n/a* (the claim does not apply to the model by design:
+# C1–C3, C5 and C6 on the NTK variant, which stands in for C4's NTK arm only). *Not run* is a state, not a
+# verdict: the notebook that tests the claim has not run. Every verdict also has a **strength**: *direct*,
+# or *stand-in* with the reason — inference-time NTK scaling of weights trained without it, a BOS prepended
+# to a model trained without one, or a window imposed on weights trained without one. A claim tested by
+# several notebooks on one model, or on several models, is summarised as follows: identical verdicts stand
+# as they are; verdicts that differ across notebooks for one model count as *mixed*; verdicts that differ
+# across models are reported as *depends on the model*, with each model's verdict listed. *n/a* verdicts
+# are set aside when others exist.
 
 # %% tags=["parameters", "remove-cell"]
-findings_dir = "book/findings"
-output_dir = "book/findings/06_scorecard"
+findings_dir = "book/findings"  # the folder holding NN_name/verdicts.json (relative: to the repository)
+output_dir = ""  # where scorecard.parquet goes; "" means runs/lab/06_scorecard (relative: to the repository)
 
 # %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from abspos_utils.scorecard import (glue_values, load_scorecard, markdown_or, rules_table, runs_table,
-                                    save_scorecard, scorecard_figure, status_note, verdicts_table)
+from abspos_utils import Experiment
 
 # %% tags=["remove-cell"]
-card = load_scorecard(findings_dir)
+run = Experiment.from_parameters("06_scorecard", globals())
+card = run.scorecard()
 
 # %% tags=["remove-cell"]
 # Glue every verdict and number, so that the prose of the book quotes them instead of typing them
 # (the keys are listed in abspos_utils.scorecard.glue_values).
-for key, value in glue_values(card).items():
+for key, value in card.glue_values().items():
     glue(key, value, display=False)
 
 # %% tags=["remove-cell"]
 # The figure: claims down, models across, one colour per (combined) verdict.
-fig = scorecard_figure(card)
+fig = card.figure()
 glue("scorecard_figure", fig, display=False)
+
+# %% tags=["remove-cell"]
+# The figure and the "In words" counts as plain outputs, for reading the notebook in JupyterLab.
+display(fig)
+print({key: value for key, value in card.glue_values().items() if key.startswith("n_") or key.endswith("_verdict")})
 plt.close(fig)
 
 # %% tags=["remove-input"]
-display(Markdown(status_note(card)))
+display(Markdown(card.status_note()))
 
 # %% [markdown]
 # ```{glue:figure} scorecard_figure
@@ -57,21 +68,21 @@ display(Markdown(status_note(card)))
 #
 # Across {glue:text}`n_models` model(s) ({glue:text}`models`) the finding notebooks returned
 # {glue:text}`n_verdicts` verdicts: {glue:text}`n_supported` *supported*, {glue:text}`n_mixed` *mixed*,
-# {glue:text}`n_not_supported` *not supported* and {glue:text}`n_not_testable` *not testable*. Notebooks
-# not run: {glue:text}`notebooks_missing`.
+# {glue:text}`n_not_supported` *not supported*, {glue:text}`n_inconclusive` *inconclusive* and
+# {glue:text}`n_n_a` *n/a*. Notebooks not run: {glue:text}`notebooks_missing`.
 #
-# - **C1**, {glue:text}`C1_claim`. Verdict: **{glue:text}`C1_verdict`** ({glue:text}`C1_by_model`).
-#   {glue:text}`C1_summary`
-# - **C2**, {glue:text}`C2_claim`. Verdict: **{glue:text}`C2_verdict`** ({glue:text}`C2_by_model`).
-#   {glue:text}`C2_summary`
-# - **C3**, {glue:text}`C3_claim`. Verdict: **{glue:text}`C3_verdict`** ({glue:text}`C3_by_model`).
-#   {glue:text}`C3_summary`
-# - **C4**, {glue:text}`C4_claim`. Verdict: **{glue:text}`C4_verdict`** ({glue:text}`C4_by_model`).
-#   {glue:text}`C4_summary`
-# - **C5**, {glue:text}`C5_claim`. Verdict: **{glue:text}`C5_verdict`** ({glue:text}`C5_by_model`).
-#   {glue:text}`C5_summary`
-# - **C6**, {glue:text}`C6_claim`. Verdict: **{glue:text}`C6_verdict`** ({glue:text}`C6_by_model`).
-#   {glue:text}`C6_summary`
+# - **C1**, {glue:text}`C1_claim`. Verdict: **{glue:text}`C1_verdict`** ({glue:text}`C1_by_model`;
+#   strength: {glue:text}`C1_strength`). {glue:text}`C1_summary`
+# - **C2**, {glue:text}`C2_claim`. Verdict: **{glue:text}`C2_verdict`** ({glue:text}`C2_by_model`;
+#   strength: {glue:text}`C2_strength`). {glue:text}`C2_summary`
+# - **C3**, {glue:text}`C3_claim`. Verdict: **{glue:text}`C3_verdict`** ({glue:text}`C3_by_model`;
+#   strength: {glue:text}`C3_strength`). {glue:text}`C3_summary`
+# - **C4**, {glue:text}`C4_claim`. Verdict: **{glue:text}`C4_verdict`** ({glue:text}`C4_by_model`;
+#   strength: {glue:text}`C4_strength`). {glue:text}`C4_summary`
+# - **C5**, {glue:text}`C5_claim`. Verdict: **{glue:text}`C5_verdict`** ({glue:text}`C5_by_model`;
+#   strength: {glue:text}`C5_strength`). {glue:text}`C5_summary`
+# - **C6**, {glue:text}`C6_claim`. Verdict: **{glue:text}`C6_verdict`** ({glue:text}`C6_by_model`;
+#   strength: {glue:text}`C6_strength`). {glue:text}`C6_summary`
 #
 # A verdict is only as good as its rule and the run behind it: the small embedded models are not the
 # models of the paper, their weights are quantized, and a run with few prompts gives wide intervals. The
@@ -81,13 +92,14 @@ display(Markdown(status_note(card)))
 # %% [markdown]
 # ## The scorecard
 #
-# One row per claim, model and notebook (*nb*, its number), with the numbers the rule was applied to; the
+# One row per claim, model and notebook (*nb*, its number), with the verdict's strength and the numbers the
+# rule was applied to; the
 # first of them is the headline number shown in {numref}`fig-scorecard`. The models of the embedded zoo (`smollm2-135m`,
 # `smollm2-135m-ntk`, `gemma3-270m`) run from 4–5-bit quantized weights; `tiny-*` models have random
 # weights and exist for tests only, so their verdicts say nothing about the paper.
 
 # %% tags=["remove-input"]
-display(Markdown(markdown_or(verdicts_table(card.table), "No verdicts yet: no finding notebook has been run.")))
+display(Markdown(card.verdicts_markdown()))
 
 # %% [markdown]
 # ## The rules
@@ -96,7 +108,7 @@ display(Markdown(markdown_or(verdicts_table(card.table), "No verdicts yet: no fi
 # interval over prompts excludes zero (see [Methods](../methods.md)).
 
 # %% tags=["remove-input"]
-display(Markdown(markdown_or(rules_table(card.table), "No rules yet: no finding notebook has been run.")))
+display(Markdown(card.rules_markdown()))
 
 # %% [markdown]
 # ## The runs behind it
@@ -104,7 +116,8 @@ display(Markdown(markdown_or(rules_table(card.table), "No rules yet: no finding 
 # Parameters, weights and package versions of each finding notebook's run, as its `verdicts.json` records them.
 
 # %% tags=["remove-input"]
-display(Markdown(markdown_or(runs_table(card.runs), "No finding has been run yet.")))
+display(Markdown(card.runs_markdown()))
 
 # %% tags=["remove-cell"]
-scorecard_file = save_scorecard(card, output_dir)
+scorecard_file = card.save(run.output_dir)
+run.finish();

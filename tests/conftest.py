@@ -38,7 +38,8 @@ def gemma3():
 
 # Small parameters under which every notebook runs in seconds on the tiny random models.
 TINY_PARAMETERS = {
-    "01_mask_denominator": dict(model=["tiny-llama", "tiny-gemma3"], n_prompts=4, seq_len=48),
+    "01_mask_denominator": dict(model=["tiny-llama", "tiny-gemma3"], n_prompts=4, seq_len=48,
+                                curve_n_prompts=[4, 6], curve_seeds=[0, 1]),
     "02_residual_trajectory": dict(model=["tiny-llama", "tiny-gemma3"], n_prompts=4, seq_len=48),
     "03_architecture_comparison": dict(model=["tiny-llama", "tiny-gemma3"], n_prompts=4, seq_len=48,
                                        ntk_factors=[4.0], ntk_seq_lens=[48], n_prompts_long=4, sliding_seq_len=64),

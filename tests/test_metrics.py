@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
-from abspos_utils import claims
 from abspos_utils import metrics as M
 from abspos_utils.errors import AbsposError
+from abspos_utils.estimates import Comparison, Estimate
 
 T = 128
 
@@ -150,26 +153,107 @@ def test_bootstrap_is_seeded():
     assert (M.bootstrap_weights(8, 50).sum(-1) == 8).all()
 
 
-def test_verdict_rules_follow_the_intervals():
-    close = {"value": 0.38, "ci_low": 0.2, "ci_high": 0.5}
-    far = {"value": 0.05, "ci_low": -0.1, "ci_high": 0.2}
-    c5 = lambda *cs: claims.c5_bos_replacement("m", [dict(after=f"r{k}", removed_share=c["value"],
-                                                          removed_low=c["ci_low"], removed_high=c["ci_high"])
-                                                     for k, c in enumerate(cs)])
-    assert c5(close, close, far).verdict == claims.SUPPORTED
-    assert c5(close, far, far).verdict == claims.MIXED
-    assert c5(far, far).verdict == claims.NOT_SUPPORTED
-    assert "40%" in c5(far).summary
-    positive, straddling = {"value": 0.1, "ci_low": 0.05, "ci_high": 0.2}, {"value": 0.0, "ci_low": -0.1, "ci_high": 0.1}
-    assert claims.c1_absolute_position("m", positive, positive).verdict == claims.SUPPORTED
-    assert claims.c1_absolute_position("m", positive, straddling).verdict == claims.MIXED
-    assert claims.c1_absolute_position("m", straddling, straddling).verdict == claims.NOT_SUPPORTED
+def test_the_median_is_the_usual_one():
+    """torch.median returns the lower middle value for an even count; the book's median is their mean."""
+    even = torch.tensor([[4.0, 1.0, 3.0, 2.0]])
+    assert float(M.median(even)) == 2.5 and float(even.median()) == 2.0
+    assert float(M.median(torch.tensor([3.0, 1.0, 2.0]))) == 2.0
+    heads = torch.tensor([[[1.0, 2.0], [3.0, 10.0]]])  # (batch, layer, head): 4 heads
+    assert float(M.aggregate(heads, "median")[0]) == 2.5
+
+
+def test_a_ratio_over_a_zero_baseline_is_nan_with_the_reason_and_no_warning():
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a division warning would fail the test
+        around_zero = M._comparison(0.0076, 0.03, rng.normal(0.0076, 0.005, 400), rng.normal(0.03, 0.005, 400))
+        zero = M._comparison(0.0, 0.03, np.zeros(400), np.full(400, 0.03))
+    for result in (around_zero, zero):
+        assert not result.removed.finite and "indistinguishable from zero" in result.note
+        assert result.difference.above_zero  # the difference is still a number
+    clear = M._comparison(0.1, 0.06, rng.normal(0.1, 0.005, 400), rng.normal(0.06, 0.005, 400))
+    assert clear.removed.value == pytest.approx(0.4) and clear.note == ""
+    wide = M._comparison(0.01, 0.3, rng.uniform(0.0002, 0.02, 400), np.full(400, 0.3))
+    assert not wide.removed.finite and "beyond ±1000%" in wide.note
+
+
+def test_safe_ratio_is_nan_where_the_denominator_is_not_positive():
+    out = M.safe_ratio(np.array([1.0, 1.0, 1.0]), np.array([2.0, 0.0, -1.0]))
+    assert out[0] == 0.5 and np.isnan(out[1:]).all()
+
+
+def count_capture(slope: float, sink_score: float, n_prompts: int = 4):
+    """log a = (relative part) + slope * (-log n_i) on the early bulk triangle, with a chosen sink score."""
+    i, j = np.nonzero(np.tril(np.ones((T, T), dtype=bool)))
+    keep = (i >= 1) & (i < 32)
+    rows, cols = i[keep], j[keep]
+    n_visible = np.arange(1, T + 1)
+    values = relative(rows, cols, n_prompts=n_prompts, heads=1) + slope * torch.from_numpy(-np.log(n_visible[rows]))
+    return fake_capture(pairs={"early": [SimpleNamespace(rows=rows, cols=cols)]}, window_logw={"early": [values]},
+                        n_visible=torch.from_numpy(n_visible)[None], key0=torch.full((1, n_prompts, 1, T), sink_score),
+                        layers=[0], n_prompts=n_prompts)
+
+
+@pytest.mark.parametrize("slope", [1.0, 0.25, 0.0])
+def test_the_stabilizer_reads_how_much_of_the_count_term_is_cancelled(slope):
+    """A head whose log-weights carry slope x (-log n_i) has cancelled 1 - slope of it, whatever its
+    relative part: uniform attention (slope 1) cancels nothing, a perfect sink (slope 0) all of it."""
+    cap = count_capture(slope, sink_score=0.8)
+    table = M.stabilizer_table(cap)
+    assert table["cancelled"].iloc[0] == pytest.approx(1 - slope, abs=1e-9) and table["sink_reading"].iloc[0]
+    estimate = M.stabilizer(cap, n_boot=50)
+    assert estimate.value == pytest.approx(1 - slope, abs=1e-9) and estimate.width == pytest.approx(0, abs=1e-9)
+    assert not M.stabilizer(cap, sink_reading=False).finite  # no head below the sink threshold
+
+
+def test_first_prompts_equals_decomposing_fewer_prompts():
+    rows, cols, n_visible = domain("triangle")
+    values = relative(rows, cols, n_prompts=8, heads=2) + torch.from_numpy(
+        np.random.default_rng(3).normal(0, 0.3, (8, 2, len(rows))))
+
+    def dec_of(v):
+        return M.decompose(fake_capture(pairs={"early": [SimpleNamespace(rows=rows, cols=cols)]}, windows={"early": (1, 32)},
+                                        window_logw={"early": [v]}, n_visible=torch.from_numpy(n_visible)[None],
+                                        key0=torch.zeros(1, len(v), 2, T), layers=[0], layer_kind=["full"],
+                                        n_prompts=len(v)))
+
+    cut, direct = M.first_prompts(dec_of(values), 5), dec_of(values[:5])
+    for statistic in ("L_res", "L_mask", "balance"):
+        assert M.headline(cut, statistic, n_boot=50) == M.headline(direct, statistic, n_boot=50)
+    with pytest.raises(AbsposError, match="Cannot keep 9 of 8"):
+        M.first_prompts(dec_of(values), 9)
+
+
+def test_headline_functions_return_estimates_whose_interval_holds_the_point():
+    rows, cols, n_visible = domain("triangle")
+    rng = np.random.default_rng(2)
+    values = relative(rows, cols, n_prompts=6, heads=2) + torch.from_numpy(rng.normal(0, 0.3, (6, 2, len(rows))))
+    cap = fake_capture(pairs={"early": [SimpleNamespace(rows=rows, cols=cols)]}, windows={"early": (1, 32)},
+                       window_logw={"early": [values]}, n_visible=torch.from_numpy(n_visible)[None],
+                       key0=torch.zeros(1, 6, 2, T), layers=[0], layer_kind=["full"], n_prompts=6)
+    dec = M.decompose(cap)
+    estimate = M.headline(dec, "L_mask", "early", "bulk", n_boot=50)
+    assert isinstance(estimate, Estimate) and estimate.low <= estimate.high
+    row = M.headline_rows(dec, statistics=("L_mask",), windows=("early",), keys=("bulk",))[0]
+    assert Estimate.from_row(row) == M.headline(dec, "L_mask", "early", "bulk")
+    same = M.compare(dec, dec, "L_rel", "early", "bulk", n_boot=50)  # a baseline well above zero
+    assert isinstance(same, Comparison)
+    assert (same.difference.value, same.difference.low, same.difference.high) == (0.0, 0.0, 0.0)
+    assert same.removed.value == 0.0
+    near_zero = M.compare(dec, dec, "L_mask", "early", "bulk", n_boot=50)  # L_mask of noise is about 0
+    assert not near_zero.removed.finite and "indistinguishable from zero" in near_zero.note
+
+
+def test_comparison_columns_round_trip_through_a_table_row():
+    comparison = Comparison(0.2, 0.1, Estimate(-0.1, -0.15, -0.05), Estimate(0.5, 0.3, 0.7))
+    row = comparison.columns()
+    assert set(row) == {"value_before", "value_after", "difference", "difference_low", "difference_high",
+                        "removed_share", "removed_share_low", "removed_share_high", "removed_share_note"}
+    assert Comparison.from_row(row) == comparison
 
 
 def fake_capture(**fields):
-    """The few fields of a Capture that a per-position metric reads."""
-    from types import SimpleNamespace
-
+    """The few fields of CapturedStatistics that a metric reads."""
     return SimpleNamespace(model="hand-made", condition="test", **fields)
 
 

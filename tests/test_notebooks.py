@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from conftest import FINDINGS
 
+from abspos_utils.claims import WORDS
 from abspos_utils.runner import run_notebook
 from abspos_utils.scorecard import EXPECTED
 
@@ -27,11 +28,19 @@ def check_executed(findings, name, models):
     folder = findings / name
     tables = list(folder.glob("*.parquet"))
     assert tables and all(len(pd.read_parquet(t)) > 0 for t in tables)
-    record = json.loads((folder / "verdicts.json").read_text())
+    record = json.loads((folder / "verdicts.json").read_text(),
+                        parse_constant=lambda constant: pytest.fail(f"{constant} in {name}/verdicts.json"))
+    assert json.loads((folder / "run.json").read_text())["status"] == "finished"
     assert {v["claim"] for v in record["verdicts"]} == set(EXPECTED[name])
     for verdict in record["verdicts"]:
-        assert verdict["verdict"] in {"supported", "not supported", "mixed"}
-        assert verdict["rule"] and verdict["numbers"]
+        assert verdict["verdict"] in set(WORDS)
+        assert verdict["rule"] and verdict["strength"] in {"direct", "stand-in"}
+        assert verdict["numbers"] or verdict["verdict"] == "n/a"
+        assert (verdict["strength"] == "stand-in") == bool(verdict["strength_reason"])
+        if verdict["verdict"] in {"inconclusive", "n/a"}:
+            assert verdict["reason"]
+    texts = [o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in executed]
+    assert not [t for t in texts if "RuntimeWarning" in t], f"{name} shows a RuntimeWarning"
     assert {v["model"].removesuffix("-ntk") for v in record["verdicts"]} <= set(models)
     assert record["versions"]["torch"] and record["parameters"]["seed"] == 0
 
@@ -63,5 +72,7 @@ def test_notebook_runs_on_smollm2(tmp_path, name):
     parameters = dict(model=["smollm2-135m"], n_prompts=4, seq_len=64, output_dir=str(tmp_path / name))
     if name == "03_architecture_comparison":
         parameters.update(ntk_factors=[4.0], ntk_seq_lens=[64], n_prompts_long=4)
+    if name == "01_mask_denominator":
+        parameters.update(curve_n_prompts=[4, 8], curve_seeds=[0])
     run_notebook(name, parameters, out=tmp_path / f"{name}.ipynb", progress=False)
     check_executed(tmp_path, name, ["smollm2-135m"])

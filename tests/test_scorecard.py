@@ -11,14 +11,16 @@ import pytest
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from abspos_utils import claims
 from abspos_utils import scorecard as S
 
 SMOL, NTK, GEMMA = "smollm2-135m", "smollm2-135m-ntk", "gemma3-270m"
 
 
-def verdict(claim, model, value, numbers=None, summary="", rule=""):
+def verdict(claim, model, value, numbers=None, summary="", rule="", stand_in=""):
     return {"claim": claim, "model": model, "verdict": value, "numbers": numbers or {}, "summary": summary,
-            "rule": rule}
+            "rule": rule, "strength": "stand-in" if stand_in else "direct", "strength_reason": stand_in,
+            "reason": summary if value in ("n/a", "inconclusive") else ""}
 
 
 def write(folder, notebook, verdicts, **extra):
@@ -32,7 +34,8 @@ def write(folder, notebook, verdicts, **extra):
 
 @pytest.fixture
 def findings(tmp_path):
-    """01 and 02 test C1 on both models; 01 also C2; 03 tests C4 on three models, one not testable;
+    """01 and 02 test C1 on both models; 01 also C2; 03 tests C4 on three models (the NTK variant a stand-in),
+    one inconclusive;
     04 and 05 did not run; a broken file sits beside them."""
     write(tmp_path, "01_mask_denominator", [
         verdict("C1", SMOL, "supported", {"L_abs_early": 0.07, "flag": True, "ci": [0.01, 0.1]}, "s1", "rule 1"),
@@ -48,8 +51,8 @@ def findings(tmp_path):
     ])
     write(tmp_path, "03_architecture_comparison", [
         verdict("C4", SMOL, "supported", {"L_res": 0.2}, "", "rule 4"),
-        verdict("C4", NTK, "supported", {"L_res": 0.1}, "", "rule 4"),
-        verdict("C4", GEMMA, "not testable", {}, "no window", "rule 4"),
+        verdict("C4", NTK, "supported", {"L_res": 0.1}, "", "rule 4", claims.NTK_STAND_IN),
+        verdict("C4", GEMMA, "inconclusive", {}, "too wide", "rule 4"),
     ])
     (tmp_path / "99_broken").mkdir()
     (tmp_path / "99_broken" / "verdicts.json").write_text("{not json")
@@ -79,10 +82,11 @@ def test_an_empty_folder_gives_an_empty_table(tmp_path):
 @pytest.mark.parametrize("verdicts, expected", [
     (["supported", "supported"], "supported"),
     (["supported", "not supported"], "DISAGREE"),
-    (["supported", "not testable"], "supported"),
-    (["not testable", "not testable"], "not testable"),
+    (["supported", "n/a"], "supported"),
+    (["n/a", "n/a"], "n/a"),
     (["mixed"], "mixed"),
-    (["supported", "mixed", "not testable"], "DISAGREE"),
+    (["supported", "mixed", "n/a"], "DISAGREE"),
+    (["supported", "inconclusive"], "DISAGREE"),
 ])
 def test_combine(verdicts, expected):
     assert S.combine(verdicts, "DISAGREE") == expected
@@ -98,9 +102,11 @@ def test_combination_rules(findings):
     assert card.overall["C2"] == "depends on the model"
     # C3: identical verdicts stand.
     assert card.overall["C3"] == "supported"
-    # C4: the not-testable model is set aside; smollm2-135m and its NTK variant are distinct models.
-    assert per_model[("C4", GEMMA)] == "not testable" and per_model[("C4", NTK)] == "supported"
-    assert card.overall["C4"] == "supported"
+    # C4: an inconclusive model is not set aside; smollm2-135m and its NTK variant are distinct models.
+    assert per_model[("C4", GEMMA)] == "inconclusive" and per_model[("C4", NTK)] == "supported"
+    assert card.overall["C4"] == "depends on the model"
+    # The NTK variant ran only C4: the claims that do not apply to it are n/a, not "not run".
+    assert {claim for (claim, model), v in per_model.items() if model == NTK and v == "n/a"} == set(claims.NOT_FOR_NTK)
     # C5 and C6: their notebooks did not run.
     assert card.overall["C5"] == card.overall["C6"] == "not run"
 
@@ -122,21 +128,26 @@ def test_a_claim_whose_notebook_ran_without_it_is_not_reported(findings):
     card = S.load_scorecard(findings)
     assert card.missing == [] and card.unreadable == []
     assert card.overall["C5"] == card.overall["C6"] == "not reported"
-    assert S.status_note(card) == "All 5 finding notebooks have been run and their verdicts are read below."
+    note = S.status_note(card)
+    assert note.startswith("All 5 finding notebooks have been run and their verdicts are read below")
+    assert str(findings) in note  # it says where it looked
 
 
 def test_glue_values(findings):
     keys = S.glue_values(S.load_scorecard(findings))
-    always = {"n_verdicts", "n_models", "n_supported", "n_mixed", "n_not_supported", "n_not_testable",
+    always = {"n_verdicts", "n_models", "n_supported", "n_mixed", "n_not_supported", "n_inconclusive", "n_n_a",
               "n_claims", "n_claims_supported", "models", "notebooks_run", "notebooks_missing"}
-    always |= {f"C{n}_{part}" for n in range(1, 7) for part in ("claim", "verdict", "by_model", "summary", "rule")}
+    always |= {f"C{n}_{part}" for n in range(1, 7)
+               for part in ("claim", "verdict", "by_model", "strength", "summary", "rule")}
     assert always <= set(keys)
     assert "scorecard_figure" not in keys
-    assert (keys["n_verdicts"], keys["n_models"], keys["n_claims"], keys["n_claims_supported"]) == (11, 3, 6, 2)
-    assert (keys["n_supported"], keys["n_not_supported"], keys["n_mixed"], keys["n_not_testable"]) == (8, 2, 0, 1)
+    assert (keys["n_verdicts"], keys["n_models"], keys["n_claims"], keys["n_claims_supported"]) == (11, 3, 6, 1)
+    assert (keys["n_supported"], keys["n_not_supported"], keys["n_mixed"], keys["n_inconclusive"]) == (8, 2, 0, 1)
     assert keys["models"] == f"{GEMMA}, {SMOL}, {NTK}"
     assert keys["notebooks_missing"] == "04_bos_replacement, 05_sink_fingerprint"
-    assert keys["C1_by_model"] == f"supported on {GEMMA}; mixed on {SMOL}"
+    assert keys["C1_by_model"] == f"supported on {GEMMA}; mixed on {SMOL}; n/a on {NTK}"
+    assert keys["C4_strength"] == (f"direct on {GEMMA}; direct on {SMOL}; "
+                                   f"stand-in ({claims.NTK_STAND_IN}) on {NTK}")
     assert keys["C1_summary"] == f"{SMOL}: s1. {GEMMA}: g1. {SMOL}: s2. {GEMMA}: g2."
     assert keys["C1_rule"] == "rule 1 rule 1 bis"
     assert keys["C2_summary"] == "depends on the model"
@@ -154,7 +165,7 @@ def test_glue_values_with_nothing_run(tmp_path):
     keys = S.glue_values(S.load_scorecard(tmp_path))
     assert keys["n_verdicts"] == 0 and keys["models"] == "none" and keys["notebooks_run"] == "none"
     assert keys["C1_verdict"] == "not run" and keys["C1_by_model"] == "not run (01_mask_denominator)"
-    assert len(keys) == 6 * 5 + 11
+    assert len(keys) == 6 * 6 + 12
 
 
 def cells(fig):
@@ -170,6 +181,7 @@ def test_figure_has_one_cell_per_claim_and_model(findings):
         labels = [t.get_text() for t in fig.axes[0].texts]
         assert "mixed\nshare = 0.4" not in labels  # the headline is the first notebook's first number
         assert "mixed\nL_abs_early = 0.07" in labels and "not run" in labels
+        assert "supported (stand-in)\nL_res = 0.1" in labels and "n/a (stand-in)" in labels
         assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [GEMMA, SMOL, NTK]
     finally:
         plt.close(fig)
@@ -186,7 +198,8 @@ def test_figure_with_nothing_run_has_one_empty_column(tmp_path):
 def test_tables_and_formatting(findings):
     card = S.load_scorecard(findings)
     shown = S.verdicts_table(card.table)
-    assert list(shown.columns) == ["claim", "model", "verdict", "numbers", "summary", "nb"]
+    assert list(shown.columns) == ["claim", "model", "verdict", "strength", "numbers", "summary", "nb"]
+    assert set(shown["strength"]) == {"direct", f"stand-in ({claims.NTK_STAND_IN})"}
     assert shown.iloc[0]["numbers"] == "L_abs_early = 0.07, flag = True, ci = 0.01, 0.1"
     assert len(S.rules_table(card.table)) == 5
     runs = S.runs_table(card.runs)
