@@ -11,14 +11,16 @@ One nnsight trace per batch reads, for each chosen layer and in forward order:
 
 Each layer is reduced at once to the statistics the metrics need (windowed log-weights, the key-0 column,
 row entropies and log-partition functions, W_O v_0), so the T x T maps of all layers are never held
-together. Interventions (a replaced position-0 embedding, an imposed sliding window) act in the same
-trace. The nnsight operation labels inside attention live in :data:`ATTENTION_OPS`; they can change
-between nnsight/transformers versions.
+together; :func:`collect` returns them as one :class:`CapturedStatistics`. Interventions
+(:mod:`abspos_utils.interventions`: a replaced position-0 embedding, an imposed sliding window) act in
+the same trace. Module paths and nnsight operation labels live, per model family, in
+:data:`abspos_utils.families.FAMILIES`; they can change between nnsight/transformers versions.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,21 +29,14 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .errors import AbsposError
+from .families import decoder_path, envoys, family_of
+from .interventions import Intervention
 from .models import LoadedModel, describe
 from .prompts import PromptSet, check_bos
 
 Scores = Float[Tensor, "batch head query key"]
 Visible = Bool[Tensor, "query key"]
 Residual = Float[Tensor, "batch position d_model"]
-
-#: nnsight ``.source`` labels: in the attention module's forward, then inside the eager attention function.
-ATTENTION_OPS = {
-    "values": "value_states_0",  # self_attn.forward: v after the V projection, (batch, kv_head, pos, head_dim)
-    "rotary": "apply_rotary_pos_emb_0",  # self_attn.forward: (q, k) after RoPE, (batch, head | kv_head, pos, head_dim)
-    "attention_call": "attention_interface_1",  # self_attn.forward: the call of the attention function
-    "scores": "attn_weights_0",  # eager_attention_forward: matmul(q, k^T) * scaling, before mask/soft-cap
-    "softmax": "nn_functional_softmax_0",  # eager_attention_forward: input = masked scores, output = a
-}
 
 DEFAULT_EARLY_END = 32  # early queries are [1, 32) unless a notebook says otherwise
 
@@ -54,73 +49,6 @@ def query_windows(seq_len: int, early_end: int = DEFAULT_EARLY_END) -> dict[str,
             f"use seq_len > {early_end} or a smaller early_end."
         )
     return {"early": (1, early_end), "late": (seq_len // 2, seq_len)}
-
-
-# ---------------------------------------------------------------------------------------------------
-# Interventions
-# ---------------------------------------------------------------------------------------------------
-
-POSITION0_KINDS = ("token", "mean", "random", "zeros", "random_tokens")
-
-
-@dataclass
-class Intervention:
-    """Changes to the forward pass, composable with capture in one trace.
-
-    ``position0``: the embedding-module output at position 0 is replaced by this vector (``d``) or by one
-    vector per prompt (``N x d``) before the first layer; because it replaces the module's *output*, any
-    embedding scale the model applies (Gemma's sqrt(d)) is already included.
-    ``window``: impose a sliding window of width W (key j visible from query i iff i - W < j <= i) on every
-    captured layer, by masking the softmax input — a controlled ablation on a model trained without one.
-    """
-
-    label: str = "original"
-    position0: Tensor | None = None
-    window: int | None = None
-
-
-def embedding_output(loaded: LoadedModel, token_ids: Tensor) -> Tensor:
-    """The embedding module's output (with any scale the model applies) for a 1-D tensor of ids."""
-    embed = loaded.model.get_input_embeddings()
-    device = embed.weight.device
-    with torch.no_grad():
-        return embed(token_ids.to(device)[None])[0].float().cpu()
-
-
-def position0_replacement(
-    loaded: LoadedModel, prompts: PromptSet, kind: str, *, token: str = " the", seed: int = 0
-) -> Intervention:
-    """Build the BOS-replacement intervention of DESIGN.md §2.
-
-    ``kind``: ``"token"`` (the embedding of ``token``), ``"mean"`` (the mean embedding over the vocabulary),
-    ``"random"`` (a seeded Gaussian vector with the norm of the original position-0 embedding), ``"zeros"``,
-    or ``"random_tokens"`` (the embedding of a random non-special token, one per prompt).
-    """
-    if kind not in POSITION0_KINDS:
-        raise AbsposError(f"Unknown intervention '{kind}': use one of {', '.join(POSITION0_KINDS)}.")
-    original = embedding_output(loaded, prompts.input_ids[:, 0])  # (N, d)
-    generator = torch.Generator().manual_seed(seed)
-    tokenizer = loaded.tokenizer
-    if kind == "token":
-        token_id = tokenizer(token, add_special_tokens=False)["input_ids"][0]
-        vector = embedding_output(loaded, torch.tensor([token_id]))[0]
-        label = f"token {token!r}"
-    elif kind == "mean":
-        vocab = loaded.model.get_input_embeddings().weight.shape[0]
-        chunks = [embedding_output(loaded, ids).sum(0) for ids in torch.arange(vocab).split(16384)]
-        vector, label = torch.stack(chunks).sum(0) / vocab, "mean embedding"
-    elif kind == "random":
-        vector = torch.randn(original.shape[-1], generator=generator)
-        vector = vector / vector.norm() * original.norm(dim=-1).mean()
-        label = "random vector"
-    elif kind == "zeros":
-        vector, label = torch.zeros(original.shape[-1]), "zeros"
-    else:
-        special = set(tokenizer.all_special_ids)
-        allowed = torch.tensor([i for i in range(len(tokenizer)) if i not in special])
-        ids = allowed[torch.randint(len(allowed), (prompts.n_prompts,), generator=generator)]
-        vector, label = embedding_output(loaded, ids), "random tokens"
-    return Intervention(label=label, position0=vector)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -183,7 +111,8 @@ def trace_batch(
     device = next(loaded.model.parameters()).device
     input_ids = input_ids.to(device)
     batch = input_ids.shape[0]
-    layer_modules = model.model.layers
+    family = family_of(loaded.model)
+    embedding, layer_modules = envoys(model, loaded.model)
     try:
         extra = {} if position_ids is None else {"position_ids": position_ids.to(device)}
         if not with_loss:
@@ -191,27 +120,36 @@ def trace_batch(
         with model.trace(input_ids, remote=remote, **extra):
             if intervention.position0 is not None:
                 replacement = intervention.position0.to(device)
-                embed = model.model.embed_tokens.output
+                embed = embedding.output
                 embed[:, 0, :] = replacement.expand(batch, -1).to(embed.dtype) if replacement.dim() == 1 \
                     else replacement.to(embed.dtype)
-            embeddings = model.model.embed_tokens.output.float().cpu()
+            embeddings = embedding.output.float().cpu()
             for index in layers:
-                attention = layer_modules[index].self_attn
-                values = getattr(attention.source, ATTENTION_OPS["values"]).output
-                queries, keys = getattr(attention.source, ATTENTION_OPS["rotary"]).output
-                inner = getattr(attention.source, ATTENTION_OPS["attention_call"]).source
-                scores = getattr(inner, ATTENTION_OPS["scores"]).output.float()
-                softmax = getattr(inner, ATTENTION_OPS["softmax"])
-                masked = softmax.input
+                attention = getattr(layer_modules[index], family.attention)
+                call = getattr(attention.source, family.attention_call)
+                # the attention function's inputs (module, q, k, v, mask): q and k after RoPE (on layers that
+                # rotate) and any q/k norm, v before the KV heads are repeated; (batch, head | kv_head, T, ·)
+                (_, queries, keys, values, *_), _ = call.inputs
+                inner = call.source
+                scores = getattr(inner, family.scores).output.float()
+                softmax = getattr(inner, family.softmax)
+                logits = softmax.input  # with sink logits (batch, head, T, T + 1): the keys, then the sink
+                masked = logits[..., : logits.shape[-2]] if family.sink_logits else logits
                 if intervention.window is not None:
                     positions = torch.arange(masked.shape[-1], device=masked.device)
                     outside = (positions[:, None] - positions[None, :]) >= intervention.window
                     masked[..., outside] = torch.finfo(masked.dtype).min
                 visible = masked[0, 0] > torch.finfo(masked.dtype).min / 2
-                log_weights = torch.log_softmax(masked.float(), dim=-1)
-                # log Z_i from the diagonal (always visible): log a_ii = x_ii - log Z_i
-                log_z = masked.diagonal(dim1=-2, dim2=-1).float() - log_weights.diagonal(dim1=-2, dim2=-1)
-                weights = softmax.output
+                if family.sink_logits:  # the sink takes its share of every row: log a over the real keys only
+                    log_weights = torch.log_softmax(logits.float(), dim=-1)[..., : masked.shape[-1]]
+                    # the softmax input is shifted by its row maximum; s_ii (unmasked, uncapped) is not
+                    log_z = scores.diagonal(dim1=-2, dim2=-1) - log_weights.diagonal(dim1=-2, dim2=-1)
+                    weights = softmax.output[..., : masked.shape[-1]]
+                else:
+                    log_weights = torch.log_softmax(masked.float(), dim=-1)
+                    # log Z_i from the diagonal (always visible): log a_ii = x_ii - log Z_i
+                    log_z = masked.diagonal(dim1=-2, dim2=-1).float() - log_weights.diagonal(dim1=-2, dim2=-1)
+                    weights = softmax.output
                 residual = layer_modules[index].output
                 on_layer(LayerView(index, scores, log_weights, weights.float(), log_z, visible, queries.float(),
                                    keys.float(), values.float(), residual.float()))
@@ -231,7 +169,7 @@ def trace_batch(
 
 
 # ---------------------------------------------------------------------------------------------------
-# Capture: the statistics every metric reads
+# Collecting the statistics every metric reads
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -249,7 +187,7 @@ class WindowPairs:
 
 
 @dataclass
-class Capture:
+class CapturedStatistics:
     """Per-layer statistics of one model on one prompt set under one condition.
 
     Shapes: N prompts, H heads, T positions, L captured layers, d model width.
@@ -289,6 +227,7 @@ class Capture:
     qkv: dict[str, Tensor] = field(default_factory=dict)
     qkv_positions: list[int] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    decomposition: object = None  # the streamed decomposition (abspos_utils.streaming.StreamedDecomposition)
 
     @property
     def n_prompts(self) -> int:
@@ -319,7 +258,179 @@ def _window_pairs(visible: np.ndarray, window: tuple[int, int]) -> WindowPairs:
     return WindowPairs(rows, cols, torch.from_numpy(rows * visible.shape[-1] + cols))
 
 
-def capture(
+def window_rows(seq_len: int, windows: dict[str, tuple[int, int]], late_rows: int | None = None) -> dict[str, Tensor]:
+    """The query rows of each window as a (T,) boolean tensor: [lo, hi), or, for ``late`` with ``late_rows``,
+    that many rows evenly spaced over it (:func:`abspos_utils.streaming.strided_rows`)."""
+    from .streaming import strided_rows
+
+    out = {}
+    for name, (lo, hi) in windows.items():
+        rows = torch.zeros(seq_len, dtype=torch.bool)
+        if name == "late" and late_rows:
+            rows[torch.from_numpy(strided_rows((lo, hi), late_rows))] = True
+        else:
+            rows[lo:hi] = True
+        out[name] = rows
+    return out
+
+
+def trace_spec(loaded: LoadedModel, layers: list[int], rows: dict[str, Tensor], probe_positions: list[int],
+               qkv_positions: list[int], window: int | None, with_loss: bool) -> dict:
+    """Everything the in-trace reduction needs, as plain values only (str, int, bool, list, dict, tensor):
+    the request that carries it to a remote server must name nothing of this project."""
+    family = family_of(loaded.model)
+    arch = describe(loaded)
+    path = [part for part in decoder_path(loaded.model).split(".") if part]
+    return {
+        "embedding": path + [family.embedding], "layers_path": path + [family.layers], "layers": list(layers),
+        "attention": family.attention, "attention_call": family.attention_call, "scores": family.scores,
+        "softmax": family.softmax, "sink_logits": bool(family.sink_logits),
+        "output_projection": family.output_projection, "n_heads": int(arch.n_heads),
+        "kv_group": int(arch.n_heads // arch.n_kv_heads), "rows": dict(rows),
+        "probe": list(probe_positions), "qkv": [int(i) for i in qkv_positions],
+        "window": None if window is None else int(window), "with_loss": bool(with_loss),
+    }
+
+
+def reduce_batches(traced, batches: list[Tensor], spec: dict, position0: list | None = None, remote=False) -> list[dict]:
+    """Run ``batches`` through the model in **one** ``model.session`` (one request when ``remote``) and
+    reduce every captured layer inside its trace, with torch operations only, to what the metrics read.
+
+    For each batch (B prompts of T tokens) it returns a dict made inside the trace and saved:
+    ``embed0`` (B, d) and ``embed_probe`` (B, P, d) the embedding output (after any position-0
+    replacement); ``loss`` (B,) when ``spec["with_loss"]``; and per layer index l a dict with
+    ``logw_<window>`` (B, H, P_w) log a_ij on the visible pairs of the window's rows, in row-major order
+    (``log_softmax`` of the softmax input, so no underflow), ``scores_early`` (B, H, P_early) s_ij,
+    ``key0`` a_i0, ``entropy`` -sum_j a_ij log a_ij, ``log_z`` log Z_i = x_ii - log a_ii (each (B, H, T)),
+    ``sink_writes`` W_O^h v_0 (B, H, d) with W_O read where the model lives, ``resid0`` (B, d),
+    ``probe`` (B, P, d), ``q``/``k``/``v`` at ``spec["qkv"]``; and, for the first batch only, the mask as
+    ``n_visible`` (T,) and ``first_key`` (T,) (the visible keys of row i are [first_key_i, first_key_i +
+    n_visible_i) when ``banded`` is true).
+
+    The block reads only the model's envoys, torch, nnsight and the plain values of ``spec`` and
+    ``position0`` (one replacement per batch, or None): no name of this project, no host callback, no
+    weight shipped (DESIGN.md §5). The same code runs locally (``remote=False``) and on an NDIF server
+    (``remote=True`` or a host URL), so the two cannot diverge.
+    """
+    import nnsight
+
+    position0 = position0 or [None] * len(batches)
+    with traced.session(remote=remote):
+        results = nnsight.save([])
+        for number, batch in enumerate(batches):
+            options = {} if spec["with_loss"] else {"logits_to_keep": 1}
+            with traced.trace(batch, **options):
+                out = {}
+                embedding = traced
+                for part in spec["embedding"]:
+                    embedding = getattr(embedding, part)
+                stack = traced
+                for part in spec["layers_path"]:
+                    stack = getattr(stack, part)
+                embed = embedding.output
+                replacement = position0[number]
+                if replacement is not None:
+                    replacement = replacement.to(embed.device, embed.dtype)
+                    embed[:, 0, :] = replacement.expand(embed.shape[0], -1) if replacement.dim() == 1 else replacement
+                out["embed0"] = embed[:, 0].float().clone().cpu()
+                out["embed_probe"] = embed[:, spec["probe"]].float().cpu()
+                for index in spec["layers"]:
+                    layer = stack[index]
+                    attention = getattr(layer, spec["attention"])
+                    call = getattr(attention.source, spec["attention_call"])
+                    # the attention function's inputs (module, q, k, v, mask): q and k after RoPE and any
+                    # q/k norm, v before the KV heads are repeated; (batch, head | kv_head, T, .)
+                    (_, queries, keys, values, *_), _ = call.inputs
+                    inner = call.source
+                    scores = getattr(inner, spec["scores"]).output.float()
+                    softmax = getattr(inner, spec["softmax"])
+                    logits = softmax.input  # with sink logits (batch, head, T, T + 1): the keys, then the sink
+                    masked = logits[..., : logits.shape[-2]] if spec["sink_logits"] else logits
+                    if spec["window"] is not None:
+                        positions = torch.arange(masked.shape[-1], device=masked.device)
+                        outside = (positions[:, None] - positions[None, :]) >= spec["window"]
+                        masked[..., outside] = torch.finfo(masked.dtype).min
+                    visible = masked[0, 0] > torch.finfo(masked.dtype).min / 2
+                    if spec["sink_logits"]:  # the sink takes its share of every row: log a over the real keys
+                        log_weights = torch.log_softmax(logits.float(), dim=-1)[..., : masked.shape[-1]]
+                        log_z = scores.diagonal(dim1=-2, dim2=-1) - log_weights.diagonal(dim1=-2, dim2=-1)
+                        weights = softmax.output[..., : masked.shape[-1]].float()
+                    else:
+                        log_weights = torch.log_softmax(masked.float(), dim=-1)
+                        # log Z_i from the diagonal (always visible): log a_ii = x_ii - log Z_i
+                        log_z = masked.diagonal(dim1=-2, dim2=-1).float() - log_weights.diagonal(dim1=-2, dim2=-1)
+                        weights = softmax.output.float()
+                    stats = {}
+                    if number == 0:  # the mask is the same for every batch
+                        n_visible = visible.sum(-1)
+                        first_key = visible.int().argmax(-1)
+                        columns = torch.arange(visible.shape[-1], device=visible.device)
+                        band = (columns[None, :] >= first_key[:, None]) & (columns[None, :] < (first_key + n_visible)[:, None])
+                        stats["n_visible"] = n_visible.cpu()
+                        stats["first_key"] = first_key.cpu()
+                        stats["banded"] = (band == visible).all().cpu()
+                    for name, chosen in spec["rows"].items():
+                        pairs = visible & chosen.to(visible.device)[:, None]
+                        stats["logw_" + name] = log_weights[:, :, pairs].cpu()
+                        if name == "early":
+                            stats["scores_early"] = scores[:, :, pairs].cpu()
+                    stats["key0"] = weights[..., 0].clone().cpu()
+                    stats["entropy"] = (-(weights * log_weights).sum(-1)).cpu()  # invisible: 0 x finite log = 0
+                    stats["log_z"] = log_z.cpu()
+                    v0 = values[:, :, 0, :].float().repeat_interleave(spec["kv_group"], dim=1)  # (B, H, head_dim)
+                    w_o = getattr(attention, spec["output_projection"]).weight.float()  # read on the server
+                    w_o = w_o.view(w_o.shape[0], spec["n_heads"], v0.shape[-1])  # (d, H, v_head_dim)
+                    stats["sink_writes"] = torch.einsum("bhk,dhk->bhd", v0, w_o).cpu()
+                    if spec["qkv"]:
+                        stats["q"] = queries[:, :, spec["qkv"], :].float().cpu()
+                        stats["k"] = keys[:, :, spec["qkv"], :].float().cpu()
+                        stats["v"] = values[:, :, spec["qkv"], :].float().cpu()
+                    residual = layer.output.float()
+                    stats["resid0"] = residual[:, 0].clone().cpu()
+                    stats["probe"] = residual[:, spec["probe"]].cpu()
+                    out[index] = stats
+                    # drop this layer's maps now: the block's variables outlive the trace
+                    del scores, softmax, logits, masked, visible, log_weights, log_z, weights, residual
+                if spec["with_loss"]:
+                    logits = traced.output.logits
+                    out["loss"] = torch.nn.functional.cross_entropy(
+                        logits[:, :-1].float().transpose(1, 2), batch[:, 1:].to(logits.device), reduction="none"
+                    ).mean(-1).cpu()
+                results.append(out)
+    return list(results)
+
+
+def limit_heap_fragmentation(threshold: int = 4 * 2**20) -> None:
+    """Serve every host allocation of at least ``threshold`` bytes (a T x T map) from its own memory
+    mapping, returned to the system when freed (glibc ``mallopt(M_MMAP_THRESHOLD)``, Linux only; elsewhere
+    nothing). Without it glibc's adaptive threshold puts maps of up to 32 MB on the heap, where the small
+    per-layer results allocated between them pin the freed maps: measured on SmolLM2 (T = 256, 8 prompts),
+    the peak varied from 1.6 to 3.5 GiB between identical runs, against 1.55 GiB every time with it."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, int(threshold))  # M_MMAP_THRESHOLD (fixing it also disables the adaptive rule)
+    except (OSError, AttributeError):
+        pass
+
+
+def band_pairs(first_key: np.ndarray, n_visible: np.ndarray, rows: np.ndarray) -> WindowPairs:
+    """The visible pairs (i, j) of the chosen query rows of a banded mask (row i sees [first_key_i,
+    first_key_i + n_visible_i)), row-major: the order of ``log_weights[:, :, visible & rows[:, None]]``."""
+    chosen = np.flatnonzero(rows)
+    counts = n_visible[chosen].astype(np.int64)
+    r = np.repeat(chosen, counts)
+    starts = np.repeat(first_key[chosen].astype(np.int64) - np.cumsum(counts) + counts, counts)
+    c = starts + np.arange(len(r))
+    T = len(n_visible)
+    return WindowPairs(r, c, torch.from_numpy(r * T + c))
+
+
+def collect(
     loaded: LoadedModel,
     prompts: PromptSet,
     *,
@@ -329,81 +440,118 @@ def capture(
     batch_size: int | None = None,
     n_probe_positions: int = 48,
     qkv_positions: list[int] = (),
-    remote: bool = False,
+    remote: bool | str = False,
     progress: bool = True,
     with_loss: bool = False,
-) -> Capture:
-    """Run the prompts through the model and keep, per layer, the statistics the metrics need."""
+    n_groups: int | None = None,
+    late_rows: int | None = None,
+    keep_window_logw: bool = False,
+    batches_per_request: int = 1,
+    remote_model: str | None = None,
+) -> CapturedStatistics:
+    """Run the prompts through the model and keep, per layer, the statistics the metrics need (one
+    :class:`CapturedStatistics`, whose ``decomposition`` is the streamed position decomposition).
+
+    Each batch is reduced as it leaves the trace (:func:`reduce_batches`): its windowed log-weights go
+    into a :class:`~abspos_utils.streaming.DecompositionAccumulator` over ``n_groups`` prompt groups
+    (default: one per prompt, which reproduces :func:`metrics.decompose` exactly, bootstrap included) and
+    are then dropped. Only the early window's log-weights and scores are kept per prompt (P_early <=
+    early_end^2 / 2 pairs per head, independent of T; the linear ΔR² and the stabilizer read them); the
+    late window's (~3 T^2 / 8 pairs) are kept only with ``keep_window_logw`` (to compare with
+    ``metrics.decompose``). ``late_rows``: measure the late window on that many evenly spaced query rows
+    (memory linear in T; an estimate of the full window's shares, not equal to them).
+    ``batches_per_request`` batches go in one ``model.session`` (one request when ``remote``: True for
+    NDIF, or a host URL); ``remote_model`` is the hub id the server hosts (default: the wrapper's repo id).
+    """
+    from .streaming import DecompositionAccumulator
+
     check_bos(prompts)
+    limit_heap_fragmentation()
     arch = describe(loaded)
     layers = list(range(arch.n_layers)) if layers is None else list(layers)
     if any(not 0 <= layer < arch.n_layers for layer in layers):
         raise AbsposError(f"Layers must lie in [0, {arch.n_layers}) for {loaded.name} (got {layers}).")
+    if late_rows is not None and late_rows < 2:
+        raise AbsposError(f"late_rows must be at least 2 query rows (got {late_rows}): use 64, or leave it unset.")
     intervention = intervention or Intervention()
-    T = prompts.seq_len
+    T, N = prompts.seq_len, prompts.n_prompts
     windows = query_windows(T, early_end)
+    rows = window_rows(T, windows, late_rows)
     probe_positions = sorted(set(np.linspace(0, T - 1, min(n_probe_positions, T)).round().astype(int).tolist()))
-    o_proj = [loaded.model.model.layers[i].self_attn.o_proj.weight.detach().float().cpu() for i in layers]
-    H, head_dim = arch.n_heads, arch.head_dim
-    group = arch.n_heads // arch.n_kv_heads
-
-    per_layer: dict[int, dict[str, list]] = {i: {} for i in layers}
-    pairs: dict[str, dict[int, WindowPairs]] = {w: {} for w in windows}
-    visible_rows: dict[int, Tensor] = {}
-
-    def keep(layer: int, key: str, value: Tensor) -> None:
-        per_layer[layer].setdefault(key, []).append(_compact(value))
-
-    def on_layer(view: LayerView) -> None:
-        layer = view.layer
-        if layer not in visible_rows:  # the mask is the same for every batch
-            visible_rows[layer] = view.visible.sum(-1).cpu()
-            for name, window in windows.items():
-                pairs[name][layer] = _window_pairs(view.visible.cpu().numpy(), window)
-        for name in windows:
-            p = pairs[name][layer]
-            keep(layer, f"logw_{name}", p.gather(view.log_weights))
-            if name == "early":
-                keep(layer, "scores_early", p.gather(view.scores))
-        keep(layer, "key0", view.weights[..., 0])
-        keep(layer, "entropy", -(view.weights * view.log_weights).sum(-1))  # invisible: 0 x finite log = 0
-        keep(layer, "log_z", view.log_z)
-        v0 = view.values[:, :, 0, :].repeat_interleave(group, dim=1)  # (B, H, head_dim)
-        w_o = o_proj[layers.index(layer)].view(-1, H, head_dim)  # (d, H, head_dim)
-        keep(layer, "sink_writes", torch.einsum("bhk,dhk->bhd", v0.cpu(), w_o))
-        if qkv_positions:
-            for name, tensor in (("q", view.queries), ("k", view.keys), ("v", view.values)):
-                keep(layer, name, tensor[:, :, list(qkv_positions), :])
-        keep(layer, "resid0", view.residual[:, 0, :])
-        keep(layer, "probe", view.residual[:, probe_positions, :])
+    H = arch.n_heads
+    spec = trace_spec(loaded, layers, rows, probe_positions, list(qkv_positions), intervention.window, with_loss)
+    traced = nnsight_model(loaded)
+    if remote and remote != "local":
+        remote_model = remote_model or getattr(traced, "repo_id", "") or ""
+        if not remote_model or Path(remote_model).exists():
+            raise AbsposError(f"A remote run needs the hub id of the checkpoint the server hosts for {loaded.name} "
+                              "(remote_model='org/name', see nnsight.status()), not a local folder.")
+        traced.repo_id = remote_model
+    accumulator = DecompositionAccumulator(N, n_groups)
 
     if batch_size is None:  # keep a batch's T x T maps to a few hundred MB
         batch_size = max(1, min(16, int(2**26 // (H * T * T))))
-    batches = prompts.input_ids.split(batch_size)
-    offsets = np.cumsum([0] + [len(b) for b in batches])
-    embeds, losses, probe0 = [], [], []
+    batches = list(prompts.input_ids.split(batch_size))
+    offsets = np.cumsum([0] + [len(b) for b in batches]).tolist()
+    kept_windows = list(windows) if keep_window_logw else ["early"]
+    per_layer: dict[int, dict[str, list]] = {i: {} for i in layers}
+    pairs: dict[str, dict[int, WindowPairs]] = {w: {} for w in windows}
+    visible_rows: dict[int, Tensor] = {}
+    masks: dict[tuple[bytes, bytes], dict[str, WindowPairs]] = {}
+    embeds, embed_probe, losses = [], [], []
     bar = tqdm(total=len(batches), desc=f"{loaded.name} [{intervention.label}]", disable=not progress, leave=False)
-    for start, batch in zip(offsets, batches):
-        position0 = intervention.position0
-        if position0 is not None and position0.dim() == 2:
-            position0 = position0[start : start + len(batch)]
-        batch_intervention = Intervention(intervention.label, position0, intervention.window)
-        saved = trace_batch(loaded, batch, layers, on_layer, batch_intervention, remote, with_loss=with_loss)
-        embeds.append(saved["embeddings"][:, 0])
-        losses.append(saved["loss"])
-        bar.update()
+    for first in range(0, len(batches), batches_per_request):
+        chunk = list(range(first, min(first + batches_per_request, len(batches))))
+        replacements = [intervention.for_batch(offsets[b], offsets[b + 1]).position0 for b in chunk]
+        try:
+            results = reduce_batches(traced, [batches[b] for b in chunk], spec,
+                                     replacements if intervention.position0 is not None else None, remote)
+        except torch.OutOfMemoryError:
+            raise AbsposError(
+                f"Out of memory on a batch of {batch_size} prompts of {T} tokens: lower batch_size, seq_len or the "
+                "number of captured layers (abspos plan shows what fits)."
+            ) from None
+        for b, saved in zip(chunk, results):
+            start = offsets[b]
+            for layer in layers:
+                stats = saved[layer]
+                if layer not in visible_rows:
+                    if not bool(stats["banded"]):
+                        raise AbsposError(f"Layer {layer} of {loaded.name} has a mask that is not one band of keys "
+                                          "per query, which this capture cannot index: report the model.")
+                    visible_rows[layer] = stats["n_visible"]
+                    first_key, n_visible = stats["first_key"].numpy(), stats["n_visible"].numpy()
+                    mask = (first_key.tobytes(), n_visible.tobytes())  # layers with one mask share its pairs
+                    if mask not in masks:
+                        masks[mask] = {name: band_pairs(first_key, n_visible, rows[name].numpy()) for name in windows}
+                    for name in windows:
+                        pairs[name][layer] = masks[mask][name]
+                for name in windows:
+                    p = pairs[name][layer]
+                    values = stats.pop(f"logw_{name}")
+                    accumulator.add(layer, name, p.rows, p.cols, visible_rows[layer], values, start)
+                    if name in kept_windows:
+                        per_layer[layer].setdefault(f"logw_{name}", []).append(values)
+                for key, value in stats.items():
+                    if key not in ("n_visible", "first_key", "banded"):
+                        per_layer[layer].setdefault(key, []).append(value)
+            embeds.append(saved["embed0"])
+            embed_probe.append(saved["embed_probe"])
+            losses.append(saved.get("loss"))
+            for layer in layers:  # empty the saved containers: nnsight may still hold them until the next trace
+                saved[layer].clear()
+            saved.clear()
+            bar.update()
+        results.clear()
+        del results, saved, stats, values
     bar.close()
-    # The probe also needs the embedding output at the probe positions; position 0 is what we saved.
-    embed_probe = embedding_output(loaded, prompts.input_ids[:, probe_positions].reshape(-1))
-    embed_probe = embed_probe.view(prompts.n_prompts, len(probe_positions), -1)
-    if intervention.position0 is not None and 0 in probe_positions:
-        embed_probe[:, 0] = torch.cat(embeds)
 
     def stacked(key: str) -> Tensor:
         return torch.stack([torch.cat(per_layer[i][key]) for i in layers])
 
     kinds = [arch.layers[i].kind if intervention.window is None else "sliding (imposed)" for i in layers]
-    return Capture(
+    decomposition = accumulator.finalize(loaded.name, intervention.label, kinds)
+    return CapturedStatistics(
         model=loaded.name,
         condition=intervention.label,
         layers=layers,
@@ -411,7 +559,7 @@ def capture(
         prompts=prompts.describe(),
         windows=windows,
         pairs={w: [pairs[w][i] for i in layers] for w in windows},
-        window_logw={w: [torch.cat(per_layer[i][f"logw_{w}"]) for i in layers] for w in windows},
+        window_logw={w: [torch.cat(per_layer[i][f"logw_{w}"]) for i in layers] for w in kept_windows},
         early_scores=[torch.cat(per_layer[i]["scores_early"]) for i in layers],
         key0=stacked("key0"),
         entropy=stacked("entropy"),
@@ -420,9 +568,11 @@ def capture(
         sink_writes=stacked("sink_writes"),
         resid0=torch.cat([torch.cat(embeds)[None], stacked("resid0")]),
         probe_positions=probe_positions,
-        probe_resid=torch.cat([embed_probe[None], stacked("probe")]),
+        probe_resid=torch.cat([torch.cat(embed_probe)[None], stacked("probe")]),
         loss=torch.cat(losses) if with_loss else None,
         qkv={name: stacked(name) for name in "qkv"} if qkv_positions else {},
         qkv_positions=list(qkv_positions),
-        meta={"window": intervention.window, **loaded.provenance},
+        meta={"window": intervention.window, "late_rows": late_rows, "n_groups": decomposition.n_groups,
+              **loaded.provenance},
+        decomposition=decomposition,
     )
