@@ -433,7 +433,20 @@ def glued(key: str, fig: plt.Figure, file: str | None = None) -> None:
     if file is not None:
         fig.savefig(file, dpi=DPI)
     glue(key, fig, display=False)
+    GLUED.append(fig)
     plt.close(fig)
+
+
+GLUED: list[plt.Figure] = []  # the figures glued so far, for show_glued
+
+
+def show_glued() -> None:
+    """Display every figure glued so far as a plain output (the chapter's last cell, removed from the book
+    page, where the figures appear once, in their numbered captions; in JupyterLab they show here)."""
+    from IPython.display import display
+
+    while GLUED:
+        display(GLUED.pop(0))
 
 
 def compact(frame: pd.DataFrame, index: list[str], columns: str = "statistic", name: str = "value",

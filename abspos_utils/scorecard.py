@@ -258,6 +258,14 @@ class Scorecard:
     def runs_markdown(self) -> str:
         return markdown_or(runs_table(self.runs), "No finding has been run yet.")
 
+    def prose(self) -> ProseCheck:
+        """The book's outcome-specific prose against these verdicts (:func:`prose_check`)."""
+        return prose_check(self.table[["claim", "model", "verdict"]] if len(self.table) else [])
+
+    def prose_markdown(self) -> str:
+        return prose_note(self.prose(), "the pages of this book (the Key findings, each chapter's "
+                                         "*What this shows* box and the Discussion)")
+
     def save(self, output_dir: str | Path) -> Path:
         return save_scorecard(self, output_dir)
 
@@ -349,18 +357,18 @@ def scorecard_figure(card: Scorecard) -> plt.Figure:
             if (claim, model) in headline.index:
                 label += (f"\n{headline.loc[(claim, model), 'headline']} = "
                           f"{show_number(float(headline.loc[(claim, model), 'headline_value']))}")
-            ax.text(x + 0.48, y + 0.46, label, ha="center", va="center", fontsize=7.5,
+            ax.text(x + 0.48, y + 0.46, label, ha="center", va="center", fontsize=8.5,
                     color="black" if verdict in DARK_TEXT else "white")
     ax.set(xlim=(0, len(models)), ylim=(len(claims), 0), xticks=[x + 0.48 for x in range(len(models))],
            yticks=[y + 0.46 for y in range(len(claims))])
-    ax.set_xticklabels(models, fontsize=8)
+    ax.set_xticklabels(models, fontsize=9)
     ax.set_yticklabels(claims)
     ax.tick_params(length=0)
     ax.xaxis.tick_top()
     for side in ax.spines.values():
         side.set_visible(False)
     ax.legend(handles=[Patch(color=c, label=v) for v, c in COLOURS.items()], loc="upper center",
-              bbox_to_anchor=(0.5, -0.02), ncol=3, fontsize=7.5, frameon=False)
+              bbox_to_anchor=(0.5, -0.02), ncol=3, fontsize=9, frameon=False)
     fig.tight_layout()
     return fig
 
@@ -537,7 +545,7 @@ def chapter_boxes(notebook: str, source: str | Path, parameters: Mapping[str, An
     where the runner writes, not a parameter of the measurement."""
     lines = [(n, d, m) for n, d, m in parameter_lines(source) if n not in ("output_dir",)]
     number = notebook[:2]
-    values = ", ".join(f"`{n} = {_shown(parameters.get(n, d))}`" for n, d, _ in lines)
+    values = ", ".join(f"`{n} = {_shown(parameters[n]) if n in parameters else d}`" for n, d, _ in lines)
     example = next(((n, d) for n, d, _ in lines if n == "n_prompts"), lines[0][:2] if lines else ("seed", "0"))
     table = "\n".join(f"| `{n}` | `{d.replace('|', '/')}` | {m.replace('|', '/')} |" for n, d, m in lines)
     rerun = ("````{admonition} Re-run this chapter\n:class: tip dropdown\n"

@@ -127,9 +127,12 @@ rows, layers, headline = run.get("rows"), run.get("layers"), run.get("headline")
 name, statistics = teaching
 k = len(statistics.layers) // 2
 pairs = statistics.pairs["early"][k]
-log_a = statistics.window_logw["early"][k].mean(0)[0].numpy()  # head 0, mean over prompts
-one_head = pd.DataFrame({"query": pairs.rows, "key": pairs.cols, "log_a": log_a}).query("key >= 1")
-plots.glued("fig_matrix_split", plots.matrix_split(one_head, f"{name}, layer {statistics.layers[k]}, head 0"),
+# head 0: mean over prompts of log a_ij on the early pairs
+log_a = statistics.window_logw["early"][k].mean(0)[0].numpy()
+one_head = pd.DataFrame({"query": pairs.rows, "key": pairs.cols,
+                         "log_a": log_a}).query("key >= 1")
+title = f"{name}, layer {statistics.layers[k]}, head 0"
+plots.glued("fig_matrix_split", plots.matrix_split(one_head, title),
             file=run.output_dir / "matrix_split.png")
 
 # %% [markdown]
@@ -418,3 +421,8 @@ run.prose_note(("C1", "C2"))
 #   mask mixes it into every row with a weight that depends on $i$.
 # - With few prompts (the CPU default is 16) the intervals are wide and the median over heads moves with
 #   N ({ref}`n-prompts-curve`); on a GPU box use `n_prompts=64` or more.
+
+# %% tags=["remove-cell"]
+# The chapter's figures as plain outputs, for reading the notebook in JupyterLab (the book shows them once,
+# in their numbered captions above).
+plots.show_glued()

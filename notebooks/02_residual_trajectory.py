@@ -180,7 +180,7 @@ display(plots.compact(run.get("sink_rate"), ["model"], "condition", name="sink_r
 
 # %% tags=["hide-input"]
 headline = run.get("headline")
-display(plots.compact(headline[headline.aggregate == "median"].assign(where=headline.window + ", " + headline["keys"]),
+display(plots.compact(headline[headline["aggregate"] == "median"].assign(where=headline["window"] + ", " + headline["keys"]),
                       ["model", "condition"], "where"))
 
 # %% [markdown]
@@ -242,3 +242,8 @@ run.prose_note(("C3",))
 # - The probe is linear and trained on few prompts on the CPU defaults; its $R^2$ is a lower bound on
 #   what the stream carries.
 # - Weights of the embedded models are 4–5-bit quantized.
+
+# %% tags=["remove-cell"]
+# The chapter's figures as plain outputs, for reading the notebook in JupyterLab (the book shows them once,
+# in their numbered captions above).
+plots.show_glued()

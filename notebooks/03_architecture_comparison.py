@@ -31,7 +31,7 @@ output_dir = ""  # tables and verdicts; "" means runs/lab/03_architecture_compar
 # ## Method
 #
 # We measure $L_\text{res}$ and $L_\text{mask}$ (keys $j \ge 1$, medians over heads with bootstrap
-# intervals, as in chapter 1) and their **balance** $B = L_\text{res} / (L_\text{res} + L_\text{mask})$ —
+# intervals, as in {doc}`01_mask_denominator`) and their **balance** $B = L_\text{res} / (L_\text{res} + L_\text{mask})$ —
 # the abstract speaks of an "architecturally specific balance", so the claim is judged on $B$ as well as on
 # the level of $L_\text{res}$. $B$ is computed as a ratio of energies summed over heads,
 # $\sum E_\text{rem} / \sum (E_\text{rem} + E_\text{row})$ (a ratio of two medians is not the median of
@@ -71,14 +71,17 @@ run = Experiment.from_parameters("03_architecture_comparison", globals())
 roles = {name: ("sliding" if run.describe(name).smallest_window else "standard") for name in run.models}
 standard = [name for name, role in roles.items() if role == "standard"]
 sliding = [name for name, role in roles.items() if role == "sliding"]
-roles
+print("Roles:", "; ".join(f"{name} plays the {role} role" for name, role in roles.items()))
+
+# %% tags=["remove-input"]
+run.boxes()
 
 # %% [markdown]
 # ## Standard RoPE, its NTK variant and an imposed window
 #
 # Same prompts for the three conditions of each standard model, so every comparison is paired.
 
-# %%
+# %% tags=["hide-input"]
 ntk_label = f"NTK s={ntk_factor:g}"
 for name in standard:
     loaded = run.model(name)
@@ -99,7 +102,7 @@ for name in standard:
 # %% [markdown]
 # ## The sliding-window model on prompts longer than its window
 
-# %%
+# %% tags=["hide-input"]
 sliding_label = f"sliding window, T={sliding_seq_len}"
 for name in sliding:
     loaded = run.model(name)
@@ -113,17 +116,28 @@ for name in sliding:
     for statistic in ("L_res", "balance"):
         run.table("depth_slope", metrics.depth_slope_row(m.decomposition, statistic, "late", "bulk",
                                                          layer_kind="sliding", seed=seed))
-    display(run.describe(loaded).table().groupby("kind").size().rename("layers"))
+    kinds = run.describe(loaded).table().groupby("kind").size()
+    print(f"{name}: " + ", ".join(f"{count} {kind} layers" for kind, count in kinds.items()))
 
 # %% [markdown]
 # ## Components against depth, all architectures in one figure
 #
 # Per-layer $L_\text{res}$ and $L_\text{mask}$ (ratio of summed energies over heads, keys $j\ge1$) against
 # relative depth, so that models with different numbers of layers line up. Marker shapes distinguish
-# full (circle) from sliding (cross) layers.
+# full-attention layers (circle) from sliding-window layers (cross).
 
-# %%
-plots.components_by_depth(run.get("layers"));
+# %% tags=["hide-input"]
+plots.glued("fig_all_architectures", plots.components_by_depth(run.get("layers")))
+
+# %% [markdown]
+# ```{glue:figure} fig_all_architectures
+# :name: fig-all-architectures
+# :alt: Four panels, L_res and L_mask at early and late queries against relative depth, one colour per model and condition, circles for full-attention layers and crosses for sliding-window layers.
+#
+# {term}`L_res` (top) and {term}`L_mask` (bottom) at early (left) and late (right) queries against
+# relative depth, one fixed colour per model and condition; circles mark full-attention layers, crosses
+# sliding-window layers.
+# ```
 
 # %% [markdown]
 # ## Where NTK scaling can matter: the same weights on long prompts
@@ -139,9 +153,18 @@ for name in standard:
     for factor in factors:
         run.table("ntk_rotation_gap", metrics.ntk_rotation_gap(run.describe(name), factor, ntk_seq_lens).assign(model=name))
 if standard:
-    plots.rotation_gaps(run.get("ntk_rotation_gap"))
+    plots.glued("fig_rotation_gaps", plots.rotation_gaps(run.get("ntk_rotation_gap")))
 
-# %%
+# %% [markdown]
+# ```{glue:figure} fig_rotation_gaps
+# :name: fig-rotation-gaps
+# :alt: Rotation gap in radians against RoPE frequency index, one line per NTK factor, one panel per prompt length.
+#
+# How far NTK scaling moves each RoPE frequency over a prompt of $T$ tokens: negligible for the fast
+# frequencies, large only for the slow ones.
+# ```
+
+# %% tags=["hide-input"]
 for name in standard:
     loaded = run.model(name)
     for length in ntk_seq_lens:
@@ -166,23 +189,30 @@ for name in standard:
         del reference
 if standard:
     arms_table = run.get("long_arms")
-    display(arms_table.pivot_table(index=["model", "seq_len", "arm"], columns="statistic",
-                                   values=["value", "value_low", "value_high"], sort=False).round(4))
+    display(plots.compact(arms_table, ["model", "seq_len", "arm"]))
     effects = run.get("long_effects")
     effects = effects.assign(setting=effects.arm + ", T=" + effects.seq_len.astype(str) + " — " + effects.statistic)
-    plots.intervals(effects, "setting", estimate="difference",
-                    xlabel="arm − standard RoPE (same weights, late queries [T/2, T), keys j ≥ 1)",
-                    title="Balance B and level L_res: each arm against standard RoPE")
-    display(effects[["model", "seq_len", "arm", "statistic", "value_before", "value_after", "difference",
-                     "difference_low", "difference_high"]].round(4))
+    plots.glued("fig_long_effects", plots.intervals(
+        effects, "setting", estimate="difference", xlabel="arm − standard RoPE (late queries, keys j ≥ 1)",
+        title="Each arm against standard RoPE, same weights"))
+    display(plots.compact(effects, ["model", "seq_len", "arm"], name="difference"))
+
+# %% [markdown]
+# ```{glue:figure} fig_long_effects
+# :name: fig-long-effects
+# :alt: Dot plot with 95 percent intervals of the change of the balance and of L_res for each arm against standard RoPE on long prompts.
+#
+# Each arm minus standard RoPE on the same weights and prompts (late queries of long prompts, keys
+# $j \ge 1$): the change of the {term}`balance` $B$ and of {term}`L_res`, with paired 95% intervals.
+# ```
 
 # %% [markdown]
 # ## Headline numbers
 
-# %%
+# %% tags=["hide-input"]
 headline = run.get("headline")
-display(headline.pivot_table(index=["model", "condition"], columns=["statistic", "window", "keys"],
-                             values="value").round(4))
+bulk = headline[(headline["keys"] == "bulk")]
+display(plots.compact(bulk.assign(what=bulk["statistic"] + ", " + bulk["window"]), ["model", "condition"], "what"))
 
 # %% [markdown]
 # ## Verdicts
@@ -237,11 +267,37 @@ glue("summary_03", run.summary_text(), display=False)
 verdicts
 
 # %% tags=["remove-cell"]
-# The "In words" paragraph below as plain text, for reading the notebook in JupyterLab.
-print(run.summary_text())
+first_standard, first_sliding = (standard or [""])[0], (sliding or [""])[0]
+glue("c4_ntk_balance_change", run.quote("long_effects", "difference", model=first_standard, arm=ntk_arm,
+                                        statistic="balance", seq_len=max(ntk_seq_lens)), display=False)
+glue("c4_ntk_level_change", run.quote("long_effects", "difference", model=first_standard, arm=ntk_arm,
+                                      statistic="L_res", seq_len=max(ntk_seq_lens)), display=False)
+glue("c4_window_balance", run.quote("long_arms", model=first_standard, arm=window_arm, statistic="balance",
+                                    seq_len=max(ntk_seq_lens)), display=False)
+glue("c4_sliding_slope", run.quote("depth_slope", "slope_per_layer", model=first_sliding, statistic="balance"),
+     display=False)
+glue("c4_sliding_level_slope", run.quote("depth_slope", "slope_per_layer", model=first_sliding, statistic="L_res"),
+     display=False)
+glue("c4_max_seq_len", str(max(ntk_seq_lens)), display=False)
+
+# %% tags=["remove-input"]
+run.prose_note(("C4",))
 
 # %% [markdown]
-# **In words, from this run:** {glue:text}`summary_03:s`
+# ````{admonition} What this shows
+# :class: important
+# **Both sources are present in every architecture; the predicted orderings are not.** NTK scaling, applied
+# at inference time to SmolLM2's weights, lowers the {term}`balance` at late queries of
+# $T$ = {glue:text}`c4_max_seq_len` prompts by {glue:text}`c4_ntk_balance_change`, as the paper predicts, but
+# the level of {term}`L_res` does not move with it ({glue:text}`c4_ntk_level_change`): the NTK arm is *mixed*,
+# and a {term}`stand-in` for an NTK-trained model. The ordering of standard RoPE between the arms cannot be
+# judged on SmolLM2: with a window imposed, late queries lose both components (balance
+# {glue:text}`c4_window_balance`), so the check is *inconclusive*. On Gemma 3, trained with sliding windows,
+# nothing accumulates with depth: the slope of the late-query balance over its sliding layers is
+# {glue:text}`c4_sliding_slope` per layer and that of L_res {glue:text}`c4_sliding_level_slope`, so the
+# sliding-window arm is *not supported*, directly. The {doc}`discussion <../discussion>` says what a run on
+# trained long-context models would decide.
+# ````
 
 # %% [markdown]
 # ## Caveats
@@ -257,3 +313,8 @@ print(run.summary_text())
 # - The long-prompt runs use `n_prompts_long` prompts (8 on the CPU defaults, because the capture keeps
 #   every prompt's late-window log-weights: about 0.9 GiB per SmolLM2 prompt at $T = 1024$); intervals
 #   are wide. On a GPU box raise `n_prompts_long` and `ntk_seq_lens`.
+
+# %% tags=["remove-cell"]
+# The chapter's figures as plain outputs, for reading the notebook in JupyterLab (the book shows them once,
+# in their numbered captions above).
+plots.show_glued()

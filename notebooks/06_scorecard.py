@@ -49,11 +49,19 @@ glue("scorecard_figure", fig, display=False)
 # %% tags=["remove-cell"]
 # The figure and the "In words" counts as plain outputs, for reading the notebook in JupyterLab.
 display(fig)
-print({key: value for key, value in card.glue_values().items() if key.startswith("n_") or key.endswith("_verdict")})
+print("; ".join(f"{key}: {value}" for key, value in card.glue_values().items()
+                if key.startswith("n_") or key.endswith("_verdict")))
 plt.close(fig)
 
 # %% tags=["remove-input"]
 display(Markdown(card.status_note()))
+display(Markdown(card.prose_markdown()))
+
+# %% tags=["remove-cell"]
+glue("prose_status", {"agrees": "the computed verdicts agree with it",
+                      "disagrees": "**the computed verdicts disagree with it: see the warning on the scorecard**",
+                      "other run": "this run used other models, so it describes the default run only",
+                      "partial": "this run covers part of it only"}[card.prose().status], display=False)
 
 # %% [markdown]
 # ```{glue:figure} scorecard_figure
@@ -86,7 +94,7 @@ display(Markdown(card.status_note()))
 #
 # A verdict is only as good as its rule and the run behind it: the small embedded models are not the
 # models of the paper, their weights are quantized, and a run with few prompts gives wide intervals. The
-# parameters of each run are in the last table; [Reproducing](../reproducing.md) shows how to run the
+# parameters of each run are in the last table; {doc}`../reproducing` shows how to run the
 # same notebooks on a GPU box with larger models and more prompts.
 
 # %% [markdown]

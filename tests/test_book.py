@@ -42,7 +42,8 @@ CLAIMS = ("C1", "C2", "C3", "C4", "C5", "C6")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run", "--disable-sync", "--window-size=1400,1900",
                   "--virtual-time-budget=8000", "--disable-quic"]
-SCREENSHOT_PAGES = {"intro": "book/intro.html", "finding": f"book/findings/{FINDINGS[0]}.html"}
+SCREENSHOT_PAGES = {"intro": "book/intro.html", "finding": f"book/findings/{FINDINGS[0]}.html",
+                    "glossary": "book/glossary.html"}
 
 
 @dataclass
@@ -237,13 +238,13 @@ def _chromium(*args: str) -> subprocess.CompletedProcess:
 
 # A page that loads another in an iframe and reports, after it loaded, each image's naturalWidth (0 when the
 # browser could not decode or find it). Reading the iframe needs --allow-file-access-from-files.
-PROBE = """<!doctype html><html><body><pre id="out">pending</pre><iframe id="page" src="{src}" width="1200"
+PROBE = """<!doctype html><html><body><pre id="out">pending</pre><iframe id="page" src="{src}" width="1280"
 height="900"></iframe><script>
 document.getElementById("page").addEventListener("load", function () {{ setTimeout(function () {{
   var out = document.getElementById("out");
   try {{
     var images = document.getElementById("page").contentDocument.images, report = [];
-    for (var i = 0; i < images.length; i++) report.push(images[i].naturalWidth + " " + images[i].getAttribute("src"));
+    for (var i = 0; i < images.length; i++) report.push(images[i].naturalWidth + "/" + images[i].getBoundingClientRect().width + " " + images[i].getAttribute("src"));
     out.textContent = "IMG" + "OUT[" + report.join(";") + "]" + "DONE";
   }} catch (error) {{ out.textContent = "ERROR " + error; }}
 }}, 500); }});
@@ -259,7 +260,18 @@ def _image_widths(book: BuiltBook, page: Path, which: str) -> dict[str, int]:
     found = re.search(r'<pre id="out">IMGOUT\[([^\]]*)\]DONE</pre>', dom)
     assert found, f"{which}: the image probe did not report (page output: {dom[-300:]!r})"
     pairs = [item.split(" ", 1) for item in found.group(1).split(";") if item.strip()]
-    return {src: int(width) for width, src in pairs}
+    return {src: int(width.split("/")[0]) for width, src in pairs}
+
+
+def _image_scales(book: BuiltBook, page: Path, which: str) -> dict[str, tuple[int, float]]:
+    """(naturalWidth, rendered width in CSS px) of every <img> of a page in a 1280 px wide frame."""
+    probe = book.root / "_build" / f"probe_scale_{which}.html"
+    probe.write_text(PROBE.format(src=page.relative_to(probe.parent).as_posix()))
+    dom = _chromium("--allow-file-access-from-files", "--dump-dom", probe.as_uri()).stdout
+    found = re.search(r'<pre id="out">IMGOUT\[([^\]]*)\]DONE</pre>', dom)
+    assert found, f"{which}: the image probe did not report"
+    pairs = [item.split(" ", 1) for item in found.group(1).split(";") if item.strip()]
+    return {src: (int(w.split("/")[0]), float(w.split("/")[1])) for w, src in pairs}
 
 
 def _non_blank(png: Path) -> bool:
@@ -277,11 +289,12 @@ def test_page_renders_in_headless_chromium(book: BuiltBook, which: str) -> None:
     url = page.as_uri()
     dom = _chromium("--dump-dom", url).stdout
     assert "<mjx-container" in dom, f"{which}: MathJax did not typeset the maths (no mjx-container)"
-    images = _local_images(page, dom)
-    assert images and all(path.is_file() for path in images), f"{which}: images missing: {images}"
-    widths = _image_widths(book, page, which)
-    broken = [src for src, width in widths.items() if width == 0]
-    assert widths and not broken, f"{which}: images the browser could not show: {broken or 'none found'}"
+    if which != "glossary":  # the glossary has no figure
+        images = _local_images(page, dom)
+        assert images and all(path.is_file() for path in images), f"{which}: images missing: {images}"
+        widths = _image_widths(book, page, which)
+        broken = [src for src, width in widths.items() if width == 0]
+        assert widths and not broken, f"{which}: images the browser could not show: {broken or 'none found'}"
 
     shots = book.root / "_build" / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
@@ -292,3 +305,117 @@ def test_page_renders_in_headless_chromium(book: BuiltBook, which: str) -> None:
     keep.mkdir(parents=True, exist_ok=True)
     shutil.copy2(png, keep / png.name)
     assert _non_blank(png), f"{which}: the screenshot is blank ({keep / png.name})"
+
+
+
+# ---------------------------------------------------------------------------------------------------
+# The reader's layer: clean outputs, numbered figures, boxes, glossary links, no console errors
+# ---------------------------------------------------------------------------------------------------
+
+JUNK = [(re.compile(r"\d+%\|"), "a progress bar"), (re.compile(r"it/s\]|s/it\]"), "a progress bar"),
+        (re.compile(r"Warning"), "a warning"), (re.compile(r"dtype: \w+\s*$", re.M), "a raw pandas Series"),
+        (re.compile(r"^\{'", re.M), "a raw dict repr")]
+
+
+def test_no_output_shows_progress_bars_warnings_or_raw_reprs(book: BuiltBook) -> None:
+    found = []
+    for path in sorted((book.root / "book" / "findings").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        for index, cell in enumerate(nb.cells):
+            for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
+                text = output.get("text", "") + str(output.get("data", {}).get("text/plain", ""))
+                if "text/html" in output.get("data", {}):
+                    text = output.get("text", "")  # a table: its HTML is shown, not its text repr
+                found += [f"{path.name} cell {index}: {what}: {text[:120]!r}" for pattern, what in JUNK
+                          if pattern.search(text)]
+    assert not found, "junk in the executed outputs:\n" + "\n".join(found)
+
+
+def _page_text(page: Path) -> str:
+    """The visible text of a page: scripts and styles dropped, tags removed, spaces collapsed."""
+    html = re.sub(r"<(script|style)[^>]*>.*?</\1>|<!--.*?-->", " ", page.read_text(), flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", html)).replace("&#8212;", "—")
+
+
+FIGURE_PAGES = [f"book/findings/{name}.html" for name in FINDINGS] + ["book/methods.html", "book/background.html"]
+
+
+@pytest.mark.parametrize("name", FIGURE_PAGES)
+def test_every_figure_is_numbered_captioned_and_described(book: BuiltBook, name: str) -> None:
+    html = (book.html / name).read_text()
+    images = re.findall(r"<img[^>]*>", html)
+    assert images, f"{name}: no figure"
+    figures = re.findall(r"<figure[^>]*>(.*?)</figure>", html, flags=re.S)
+    in_figures = sum(len(re.findall(r"<img", f)) for f in figures)
+    assert in_figures == len(images), f"{name}: {len(images) - in_figures} image(s) outside a <figure>"
+    for figure in figures:
+        assert re.search(r'<span class="caption-number">Fig\. [\d.]+', figure), f"{name}: a figure has no number"
+        alt = re.search(r'alt="([^"]*)"', figure).group(1)
+        assert len(alt.split()) >= 5 and not alt.endswith(".png"), f"{name}: alt text is not a sentence: {alt!r}"
+    sources = re.findall(r'<img[^>]*src="([^"]+)"', html)
+    assert len(sources) == len(set(sources)), f"{name}: a figure is shown twice"
+
+
+@pytest.mark.parametrize("name", FINDINGS)
+def test_finding_pages_have_the_boxes_and_glossary_links(book: BuiltBook, name: str) -> None:
+    page = book.html / "book" / "findings" / f"{name}.html"
+    text, html = _page_text(page), page.read_text()
+    for box in ("What this shows", "Parameters of this run", "Re-run this chapter"):
+        assert box in text, f"{name}: no '{box}' box"
+    assert f"abspos run {name[:2]}" in text and f"abspos sweep {name[:2]}" in text
+    assert re.search(r'href="[./]*glossary\.html#term-', html), f"{name}: no link into the glossary"
+    assert "tag_injected-parameters" not in html or "display: none" in (book.html / "_static" / "abspos.css").read_text()
+
+
+def test_glossary_defines_the_terms_the_pages_link(book: BuiltBook) -> None:
+    glossary = (book.html / "book" / "glossary.html").read_text()
+    defined = set(re.findall(r'<dt id="(term-[^"]+)"', glossary))
+    assert len(defined) >= 15, f"glossary too short: {sorted(defined)}"
+    for page in book.pages():
+        for anchor in re.findall(r'href="[./]*(?:book/)?glossary\.html#(term-[^"]+)"', page.read_text()):
+            assert anchor in defined, f"{page.name} links an undefined term {anchor}"
+
+
+def test_no_plain_chapter_numbers_and_no_broken_internal_links(book: BuiltBook) -> None:
+    problems = []
+    for page in book.pages():
+        html = page.read_text()
+        body = re.sub(r"<a [^>]*>.*?</a>", " ", html, flags=re.S)
+        body = re.sub(r"<(script|style|pre)[^>]*>.*?</\1>", " ", body, flags=re.S)
+        problems += [f"{page.name}: plain '{m}'" for m in re.findall(r"\b[Cc]hapter \d\b", re.sub(r"<[^>]+>", " ", body))]
+        for href in re.findall(r'href="([^"#:]+\.html)(#[^"]*)?"', html):
+            target = (page.parent / unquote(href[0])).resolve()
+            if not target.is_file():
+                problems.append(f"{page.name}: broken link {href[0]}")
+            elif href[1] and f'id="{href[1][1:]}"' not in target.read_text():
+                problems.append(f"{page.name}: missing anchor {href[0]}{href[1]}")
+    assert not problems, "\n".join(sorted(set(problems))[:40])
+
+
+def test_scorecard_page_shows_the_prose_check(book: BuiltBook) -> None:
+    text = _page_text(book.html / "book" / "findings" / f"{SCORECARD}.html")
+    assert "was written for" in text, "the scorecard does not check the prose against the verdicts"
+
+
+CONSOLE_PAGES = ["book/intro.html", f"book/findings/{FINDINGS[0]}.html", "book/glossary.html", "book/methods.html"]
+
+
+@pytest.mark.parametrize("name", CONSOLE_PAGES)
+def test_no_console_errors(book: BuiltBook, name: str) -> None:
+    done = _chromium("--enable-logging=stderr", "--v=0", "--dump-dom", (book.html / name).as_uri())
+    lines = [line for line in done.stderr.splitlines() if "CONSOLE" in line]
+    bad = [line for line in lines if re.search(r"Uncaught|error|invalid theme mode|already been declared", line, re.I)]
+    assert not bad, f"{name}: console errors:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("name", [f"book/findings/{FINDINGS[0]}.html", f"book/findings/{FINDINGS[2]}.html",
+                                  "book/methods.html"])
+def test_figure_text_is_at_least_9px_at_1280(book: BuiltBook, name: str) -> None:
+    """A computed bound: plots.py keeps every text at MIN_FONT_PT or more at DPI, so the smallest text on
+    screen is MIN_FONT_PT * DPI / 72 * (rendered width / natural width)."""
+    from abspos_utils import plots
+
+    scales = _image_scales(book, book.html / name, name.replace("/", "_"))
+    small = {src: round(plots.MIN_FONT_PT * plots.DPI / 72 * rendered / natural, 1)
+             for src, (natural, rendered) in scales.items() if natural and "scorecard" not in src}
+    assert small and all(px >= 9 for px in small.values()), f"{name}: text under 9 px: {small}"

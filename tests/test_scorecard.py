@@ -216,3 +216,78 @@ def test_save_scorecard(findings, tmp_path_factory):
     path = S.save_scorecard(card, tmp_path_factory.mktemp("out") / "06_scorecard")
     saved = pd.read_parquet(path)
     assert len(saved) == 11 and set(saved.loc[saved["claim"] == "C3", "overall"]) == {"supported"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The prose written for an outcome against the computed verdicts
+# ---------------------------------------------------------------------------------------------------
+
+DEFAULT_MODELS = {SMOL, GEMMA}
+
+
+def test_prose_assumes_a_known_verdict_for_every_claim_and_default_model():
+    for claim in S.CLAIMS:
+        for model in DEFAULT_MODELS:
+            assert S.PROSE_ASSUMES.get((claim, model)) in claims.WORDS, (claim, model)
+    assert S.PROSE_ASSUMES[("C4", NTK)] in claims.WORDS
+
+
+def test_prose_check_agrees_when_the_run_returns_the_assumed_verdicts():
+    run = [(c, m, v) for (c, m), v in S.PROSE_ASSUMES.items()]
+    check = S.prose_check(run)
+    assert check.status == "agrees" and not check.disagree and not check.absent
+    note = S.prose_note(check)
+    assert "agree" in note and "warning" not in note
+
+
+def test_prose_check_warns_when_a_verdict_changes():
+    run = [(c, m, v) for (c, m), v in S.PROSE_ASSUMES.items()]
+    run = [(c, m, "supported" if (c, m) == ("C5", GEMMA) else v) for c, m, v in run]
+    check = S.prose_check(run)
+    assert check.status == "disagrees"
+    assert check.disagree == [("C5", GEMMA, S.PROSE_ASSUMES[("C5", GEMMA)], "supported")]
+    note = S.prose_note(check, "this page")
+    assert note.startswith("```{warning}") and "C5 on gemma3-270m" in note and "*supported*" in note
+    # Only the claims a chapter asks about count for its box.
+    assert S.prose_check(run, ("C1", "C2")).status == "agrees"
+
+
+def test_prose_check_combines_notebooks_and_says_when_the_run_is_another():
+    # Two notebooks disagreeing on one model count as mixed, as on the scorecard.
+    check = S.prose_check([("C1", SMOL, "supported"), ("C1", SMOL, "not supported"), ("C1", GEMMA, "mixed")], ("C1",))
+    assert check.disagree == [("C1", SMOL, "supported", "mixed")]
+    other = S.prose_check([("C1", "tiny-llama", "supported")], ("C1",))
+    assert other.status == "other run" and "```{note}" in S.prose_note(other)
+
+
+def test_scorecard_page_shows_the_prose_warning(findings):
+    card = S.load_scorecard(findings)
+    card.table.loc[(card.table.claim == "C1") & (card.table.model == GEMMA), "verdict"] = "supported"
+    assert "```{warning}" in card.prose_markdown()
+
+
+def test_the_book_run_in_the_repository_matches_its_prose():
+    """When `make book` has run with the defaults, its verdicts must be the ones the prose was written for."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "book" / "findings"
+    if not list(folder.glob("*/verdicts.json")):
+        pytest.skip("the book has not been run here (no book/findings/*/verdicts.json)")
+    card = S.load_scorecard(folder)
+    runs = [r for r in card.runs if r.get("parameters", {}).get("n_prompts", 16) == 16]
+    if len(runs) < len(card.runs) or not DEFAULT_MODELS <= set(card.table["model"]):
+        pytest.skip("the book in the repository was not run with the default parameters")
+    check = card.prose()
+    assert not check.disagree, S.prose_note(check)
+
+
+def test_chapter_boxes_list_every_parameter_and_the_commands():
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[1] / "notebooks" / "01_mask_denominator.py"
+    text = S.chapter_boxes("01_mask_denominator", source, {"n_prompts": 4, "model": ["a", "b"]})
+    assert "Parameters of this run" in text and "Re-run this chapter" in text
+    assert "abspos run 01" in text and "abspos sweep 01" in text and "`n_prompts = 4`" in text
+    for name, default, meaning in S.parameter_lines(source):
+        if name != "output_dir":
+            assert f"| `{name}` |" in text and meaning
