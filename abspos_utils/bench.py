@@ -209,29 +209,33 @@ SCALING_POINTS = {
 }
 
 
-def scaling(model: str = "smollm2-135m", parts=("n", "t", "llama8b"), max_groups: int = 4,
+def scaling(model: str = "smollm2-135m", parts=("n", "t", "llama8b"), max_groups: int = 4, max_batch: int = 4,
             timeout: int = 1800) -> list[dict]:
     """The scaling table: for each (T, N) of :data:`SCALING_POINTS` (parts "n" and "t") and the random
     Llama-3.1-8B-shaped model at T = 2048, N = 8 (part "llama8b"), the bare forward pass and capture + all
     metrics, each in its own process, with the batch size and prompt groups (at most ``max_groups``, the
-    same for every N, so that memory independent of N shows) that the plan chooses, and the plan's predicted
-    peak beside the measured one. Ends with the plan extrapolated to 32 layers and N = 64."""
+    same for every N, so that memory independent of N shows) and batch size (at most ``max_batch``, for the
+    same reason) that the plan chooses, and the plan's predicted peak beside the measured one. The quick
+    points run first (N = 4 and 16, then T = 256 ... 1024), then N = 64, T = 2048 and the 8B shape. Ends
+    with the plan extrapolated to 32 layers and N = 64."""
     from . import plan as P
 
     GiB = 2**30
     rows = []
     print(f"abspos bench --scaling: CPU, {torch.get_num_threads()} threads; peaks are the whole process's "
-          f"(ru_maxrss); groups at most {max_groups}\n")
+          f"(ru_maxrss); groups at most {max_groups}, batch at most {max_batch}\n")
     header = (f"{'model':<38}{'T':>6}{'N':>5}{'B':>4}{'G':>4}  {'forward s':>9} {'GiB':>6}  {'measure s':>9} "
               f"{'GiB':>6}  {'time x':>6}  {'plan GiB':>8} {'plan/meas':>9}")
     print(header)
     points = [(model, t, n) for part in ("n", "t") if part in parts for t, n in SCALING_POINTS[part]]
+    points = sorted(points, key=lambda p: p[1] * p[2] * (2 if p[1] > 1024 else 1))  # the quick ones first
+    points = list(dict.fromkeys(points))
     if "llama8b" in parts:
         points.append((LLAMA_8B_NAME, 2048, 8))
     for name, seq_len, n_prompts in points:
         config = _llama8b_shape()[1] if name == LLAMA_8B_NAME else name
         shape = P.model_shape(config)
-        chosen = P.plan(shape, seq_len, n_prompts, max_groups=max_groups)
+        chosen = P.plan(shape, seq_len, n_prompts, max_groups=max_groups, max_batch=max_batch)
         forward = _run_point(name, seq_len, n_prompts, chosen.batch_size, chosen.n_groups, "forward", timeout)
         measure = _run_point(name, seq_len, n_prompts, chosen.batch_size, chosen.n_groups, "measure", timeout)
         row = dict(model=name, seq_len=seq_len, n_prompts=n_prompts, batch_size=chosen.batch_size,

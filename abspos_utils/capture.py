@@ -448,6 +448,7 @@ def collect(
     keep_window_logw: bool = False,
     batches_per_request: int = 1,
     remote_model: str | None = None,
+    decompose: bool = True,
 ) -> CapturedStatistics:
     """Run the prompts through the model and keep, per layer, the statistics the metrics need (one
     :class:`CapturedStatistics`, whose ``decomposition`` is the streamed position decomposition).
@@ -462,6 +463,7 @@ def collect(
     (memory linear in T; an estimate of the full window's shares, not equal to them).
     ``batches_per_request`` batches go in one ``model.session`` (one request when ``remote``: True for
     NDIF, or a host URL); ``remote_model`` is the hub id the server hosts (default: the wrapper's repo id).
+    ``decompose=False`` skips the decomposition (``decomposition`` is then None).
     """
     from .streaming import DecompositionAccumulator
 
@@ -529,7 +531,8 @@ def collect(
                 for name in windows:
                     p = pairs[name][layer]
                     values = stats.pop(f"logw_{name}")
-                    accumulator.add(layer, name, p.rows, p.cols, visible_rows[layer], values, start)
+                    if decompose:
+                        accumulator.add(layer, name, p.rows, p.cols, visible_rows[layer], values, start)
                     if name in kept_windows:
                         per_layer[layer].setdefault(f"logw_{name}", []).append(values)
                 for key, value in stats.items():
@@ -550,7 +553,7 @@ def collect(
         return torch.stack([torch.cat(per_layer[i][key]) for i in layers])
 
     kinds = [arch.layers[i].kind if intervention.window is None else "sliding (imposed)" for i in layers]
-    decomposition = accumulator.finalize(loaded.name, intervention.label, kinds)
+    decomposition = accumulator.finalize(loaded.name, intervention.label, kinds) if decompose else None
     return CapturedStatistics(
         model=loaded.name,
         condition=intervention.label,
@@ -572,7 +575,8 @@ def collect(
         loss=torch.cat(losses) if with_loss else None,
         qkv={name: stacked(name) for name in "qkv"} if qkv_positions else {},
         qkv_positions=list(qkv_positions),
-        meta={"window": intervention.window, "late_rows": late_rows, "n_groups": decomposition.n_groups,
+        meta={"window": intervention.window, "late_rows": late_rows,
+              "n_groups": decomposition.n_groups if decompose else None,
               **loaded.provenance},
         decomposition=decomposition,
     )

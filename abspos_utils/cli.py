@@ -45,7 +45,7 @@ def _bench(args: argparse.Namespace) -> None:
 
     if args.scaling is not None:
         scaling(model=args.model if args.model != "gemma3-270m" else "smollm2-135m", parts=args.scaling or ("n", "t", "llama8b"),
-                max_groups=args.max_groups)
+                max_groups=args.max_groups, max_batch=args.max_batch)
         return
     bench_main(model=args.model, seq_lens=args.seq_len, n_prompts=args.n_prompts, device=args.device)
 
@@ -241,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "peak): n (N = 4, 16, 64 at T = 512), t (T = 256 ... 2048 at N = 8), llama8b (a random "
                             "2-layer Llama-3.1-8B shape at T = 2048, N = 8, extrapolated by the plan); all by default")
     bench.add_argument("--max-groups", type=int, default=4, help="prompt groups at most, in the scaling table")
+    bench.add_argument("--max-batch", type=int, default=4, help="batch size at most, in the scaling table")
     bench.set_defaults(func=_bench)
 
     add_runner_commands(commands)

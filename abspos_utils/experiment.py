@@ -238,7 +238,8 @@ class Experiment:
         statistics = collect(loaded, prompts, intervention=intervention, remote=self.remote,
                              early_end=self.parameters.get("early_end", 32), progress=False, with_loss=with_loss,
                              batch_size=batch_size, n_groups=min(prompts.n_prompts, chosen.n_groups),
-                             late_rows=late_rows, remote_model=loaded.name if self.remote and "/" in loaded.name else None)
+                             late_rows=late_rows, remote_model=loaded.name if self.remote and "/" in loaded.name else None,
+                             decompose=decompose)
         streamed = statistics.decomposition
         if not decompose:
             return Measurement(statistics, None)

@@ -8,13 +8,30 @@ N prompts, G groups, P_w the visible pairs of window w per layer):
 - ``weights``: parameters x bytes of the dtype (read from the config: embeddings, attention, gated MLP);
 - ``attention maps``: MAPS x B x H x T^2 x 4 — the eager forward of one layer (scores, masked scores,
   softmax) plus the capture's float32 copies (log-softmax, weights, entropy product), all alive together
-  at the peak of one layer; MAPS is calibrated (see :data:`CALIBRATION`);
+  at the peak of one layer; MAPS is calibrated (table below);
 - ``hidden states``: B x T x (4 d + 3 d_ff) x bytes — the residual stream and MLP activations of a layer;
 - ``per-prompt statistics``: what the capture keeps per prompt that is small (key-0 column, entropy,
   log Z: 3 L N H T float32; position-0 stream and probe positions; early-window scores);
 - ``window statistics``: in-memory engine, every prompt's log-weights N L H (P_early + P_late) x 4 and the
   decomposition's float64 copies; streamed engine, G L H (P_early + P_late) x 8 group sums
-  (:mod:`abspos_utils.streaming`) and a batch's float64 copy.
+  (:mod:`abspos_utils.streaming`) and one batch's results B L H (P_early + P_late) x 4 (every layer's pair
+  values come back together from the trace) plus one layer's float64 reduction; with a single batch
+  (N <= B) the group sums are filled after the trace's maps are gone, so only their excess counts;
+- ``pair indices``: per distinct mask (shared by its layers), PAIR_ARRAYS int64 arrays of the window's
+  pairs and the (rows + diagonals)^2 normal equations of the late window's two key domains.
+
+Calibration (peak resident memory of a fresh process: load, capture, every metric; 2-core CPU, glibc
+with :func:`abspos_utils.capture.limit_heap_fragmentation`; "measured" from runs one at a time):
+
+==============  =====  ===  ===  ===  ============  =============  =====
+model           T      N    B    G    measured GiB  predicted GiB  ratio
+==============  =====  ===  ===  ===  ============  =============  =====
+tiny-llama      512    8    8    8    0.68          0.76           1.13
+tiny-llama      1024   16   4    4    1.23          1.34           1.09
+tiny-llama      2048   4    1    2    1.60          1.83           1.15
+smollm2-135m    256    8    8    8    1.56-1.61     1.41           0.88
+smollm2-135m    512    16   4    4    2.80          2.62           0.93
+==============  =====  ===  ===  ===  ============  =============  =====
 
 On a GPU the weights, maps and hidden states sit on the accelerator and the statistics on the host.
 """

@@ -180,7 +180,7 @@ def test_real_models_pass_the_repeated_token_control(fixture, request):
 def test_sink_rate_of_smollm2_matches_plain_transformers(smollm2):
     """The capture's sink rate equals one computed independently from output_attentions=True."""
     prompts = make_prompts(smollm2.tokenizer, n_prompts=4, seq_len=64, bos="auto")
-    ours = M.sink_rate(capture(smollm2, prompts, progress=False), n_boot=10)["sink_rate"]
+    ours = M.sink_rate(capture(smollm2, prompts, progress=False), n_boot=10).value
     with torch.no_grad():
         attentions = smollm2.model(prompts.input_ids, output_attentions=True).attentions
     key0 = torch.stack([a[..., 1:, 0] for a in attentions])  # (layer, prompt, head, query >= 1)
