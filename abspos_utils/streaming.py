@@ -235,10 +235,15 @@ class StreamedDecomposition:
 
 
 class _WindowState:
-    """Group sums S_g (G, H, P) on one layer's window, and the self terms D_g of both key domains."""
+    """Group sums S_g (G, H, P) on one layer's window, and the self terms D_g of both key domains.
+
+    With one prompt per group (``singletons``) the self terms are the diagonal of the group Grams, so they
+    are read from those when finalising instead of being computed batch by batch.
+    """
 
     def __init__(self, rows: np.ndarray, cols: np.ndarray, n_visible: np.ndarray, n_heads: int, n_groups: int,
-                 device: torch.device):
+                 device: torch.device, singletons: bool = False):
+        self.singletons = singletons
         self.rows, self.cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
         self.n_visible = np.asarray(n_visible, np.float64)
         self.sums = torch.zeros(n_groups, n_heads, len(self.rows), dtype=torch.float64, device=device)
@@ -256,6 +261,8 @@ class _WindowState:
         x = values.to(self.sums.device, torch.float64)
         groups = groups.to(self.sums.device)
         self.sums.index_add_(0, groups, x)
+        if self.singletons:
+            return
         for keys, (select, domain, key0) in self.domains.items():
             xd = x if select.all() else x[..., torch.from_numpy(select).to(x.device)]
             for part, value in self_terms(xd.cpu(), domain, key0).items():  # PairDomain lives on the CPU
@@ -295,7 +302,8 @@ class DecompositionAccumulator:
         key = (layer, window)
         if key not in self.state:
             n_visible = n_visible.cpu().numpy() if isinstance(n_visible, Tensor) else n_visible
-            self.state[key] = _WindowState(rows, cols, n_visible, values.shape[1], self.n_groups, self.device)
+            self.state[key] = _WindowState(rows, cols, n_visible, values.shape[1], self.n_groups, self.device,
+                                           singletons=self.n_groups == self.n_prompts)
             self.seen[key] = 0
         start = self.seen[key] if start is None else start
         if start + values.shape[0] > self.n_prompts:
@@ -319,9 +327,14 @@ class DecompositionAccumulator:
             for keys in M.KEY_DOMAINS:
                 per_layer = [self.state[(layer, window)].grams(keys) for layer in layers]
                 stacked = {part: torch.stack([g[part] for g in per_layer]) for part in M.Grams.STORED}
-                selfs = {part: torch.stack([self.state[(layer, window)].self_pairs[keys][part].T.cpu() for layer in layers])
-                         for part in self.state[(layers[0], window)].self_pairs[keys]}
                 sink = torch.stack([g["sink"] for g in per_layer]) if keys == "all" else None
+                if self.n_groups == self.n_prompts:  # D_g = Gamma_gg when every group holds one prompt
+                    selfs = {part: torch.diagonal(stacked[part] if part != "sink" else sink, dim1=-2, dim2=-1)
+                             for part in self.state[(layers[0], window)].self_pairs[keys]}
+                else:
+                    selfs = {part: torch.stack([self.state[(layer, window)].self_pairs[keys][part].T.cpu()
+                                                for layer in layers])
+                             for part in self.state[(layers[0], window)].self_pairs[keys]}
                 grams[(window, keys)] = GroupedGrams(**stacked, sink=sink, self_pairs=selfs, sizes=self.sizes)
         n_heads = next(iter(self.state.values())).sums.shape[1]
         return StreamedDecomposition(model, condition, layers, layer_kind or ["full"] * len(layers), n_heads,
