@@ -268,6 +268,9 @@ def _descending(limit: int) -> list[int]:
     return sorted(values, reverse=True)
 
 
+USEFUL_GROUPS = 16  # fewer bootstrap units than this give rough percentile intervals
+
+
 def plan(model, seq_len: int, n_prompts: int, batch_size: int | None = None, n_groups: int | None = None,
          dtype: str = "float32", device: str = "cpu", engine: str = "streamed", late_rows: int | None = None,
          host_available: int | None = None, accelerator_available: int | None = None,
@@ -292,9 +295,11 @@ def plan(model, seq_len: int, n_prompts: int, batch_size: int | None = None, n_g
         parts = predict(shape, seq_len, n_prompts, b, g, dtype, device, engine, late_rows)
         return Plan(shape.name, seq_len, n_prompts, b, g, dtype, device, engine, late_rows, *parts, host, accelerator)
 
-    # At least two groups (a bootstrap needs two units) where possible: then the largest batch, then the
-    # most groups that fit beside it; one group (point estimates only) is the last resort.
-    order = [(b, g) for floor in (2, 1) for b in batches for g in groups if g >= floor and (floor == 2 or g == 1)]
+    # Intervals first: the largest batch that fits with enough groups for a useful bootstrap
+    # (USEFUL_GROUPS, or one per prompt when fewer), else with at least 8, 4, then 2 (a bootstrap needs two
+    # units), and one group (point estimates only) as the last resort; beside a batch, the most groups that fit.
+    floors = sorted({min(n_prompts, floor) for floor in (USEFUL_GROUPS, 8, 4, 2, 1)}, reverse=True)
+    order = [(b, g) for floor in floors for b in batches for g in groups if g >= floor and (floor > 1 or g == 1)]
     for b, g in order:
         candidate = make(b, g)
         if candidate.fits:
