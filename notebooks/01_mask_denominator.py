@@ -358,6 +358,10 @@ glue("summary_01", run.summary_text(), display=False)
 verdicts
 
 # %% tags=["remove-cell"]
+# The "In words" sentence as plain text, for JupyterLab, which does not render the MyST glue the book uses.
+print(run.summary_text())
+
+# %% tags=["remove-cell"]
 # Numbers quoted by the "What this shows" box (and by the introduction and the Discussion), per role.
 for role in ("smollm2", "gemma"):
     name = roles.get(role, "")

@@ -205,6 +205,10 @@ glue("summary_02", run.summary_text(), display=False)
 verdicts
 
 # %% tags=["remove-cell"]
+# The "In words" sentence as plain text, for JupyterLab, which does not render the MyST glue the book uses.
+print(run.summary_text())
+
+# %% tags=["remove-cell"]
 for role in ("smollm2", "gemma"):
     name = roles.get(role, "")
     for condition in ("BOS first", "text token first"):

@@ -267,6 +267,10 @@ glue("summary_03", run.summary_text(), display=False)
 verdicts
 
 # %% tags=["remove-cell"]
+# The "In words" sentence as plain text, for JupyterLab, which does not render the MyST glue the book uses.
+print(run.summary_text())
+
+# %% tags=["remove-cell"]
 first_standard, first_sliding = (standard or [""])[0], (sliding or [""])[0]
 glue("c4_ntk_balance_change", run.quote("long_effects", "difference", model=first_standard, arm=ntk_arm,
                                         statistic="balance", seq_len=max(ntk_seq_lens)), display=False)

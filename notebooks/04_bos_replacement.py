@@ -175,6 +175,10 @@ glue("summary_04", run.summary_text(), display=False)
 verdicts
 
 # %% tags=["remove-cell"]
+# The "In words" sentence as plain text, for JupyterLab, which does not render the MyST glue the book uses.
+print(run.summary_text())
+
+# %% tags=["remove-cell"]
 for role in ("smollm2", "gemma"):
     name = roles.get(role, "")
     glue(f"c5_{role}_baseline", run.quote("removed_share", "value_before", model=name, after="zeros", keys="bulk"),

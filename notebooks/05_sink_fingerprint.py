@@ -182,6 +182,10 @@ glue("summary_05", run.summary_text(), display=False)
 verdicts
 
 # %% tags=["remove-cell"]
+# The "In words" sentence as plain text, for JupyterLab, which does not render the MyST glue the book uses.
+print(run.summary_text())
+
+# %% tags=["remove-cell"]
 for role in ("smollm2", "gemma"):
     name = roles.get(role, "")
     for condition, key in (("BOS first", "bos"), ("text token first", "text"), ("BOS → random tokens", "random")):
