@@ -223,8 +223,11 @@ class Decomposition:
             if weights is not None:
                 self._cache = {k: v for k, v in self._cache.items() if k[2] is None}
                 self._weights = weights  # keep it alive so its id stays unique
-            self._cache[key] = shares(self.grams[(window, keys)], weights)
+            self._cache[key] = self._domain_shares(self.grams[(window, keys)], weights)
         return self._cache[key]
+
+    def _domain_shares(self, grams: Grams, weights: Tensor | None) -> dict[str, Tensor]:
+        return shares(grams, weights)
 
 
 def decompose(cap: CapturedStatistics) -> Decomposition:
@@ -292,6 +295,12 @@ def shares(grams: Grams, weights: Tensor | None = None) -> dict[str, Tensor]:
     energies["count"] = _weighted_mean(grams.count, weights)
     if grams.sink is not None:
         energies["sink"] = cross_mean(grams.sink, weights)
+    return shares_from_energies(energies)
+
+
+def shares_from_energies(energies: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The shares of the decomposition from its cross-fitted energies (total, relative, row, remainder,
+    count and, on all keys, sink), each (L, H) or (B, L, H): every share is an energy over the total."""
     total = energies["total"]
     out = {f"E_{name}": value for name, value in energies.items()}
     out["L_rel"] = energies["relative"] / total

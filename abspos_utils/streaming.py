@@ -175,53 +175,29 @@ def grouped_mean(sums: Float[Tensor, "*batch group"], sizes: Float[Tensor, " gro
 def grouped_shares(grams: GroupedGrams, weights: Multiplicities | None = None) -> dict[str, Tensor]:
     """The energies and shares of :func:`metrics.shares` from grouped Grams, each (L, H) or (B, L, H).
 
-    The derived shares repeat metrics.shares line for line (a test checks they agree on every key).
+    Only the energies differ from metrics.shares; the shares follow from them by the same function.
     """
     energies = {name: grouped_cross_mean(g, d, grams.sizes, weights) for name, (g, d) in grams.components().items()}
     energies["count"] = grouped_mean(grams.count, grams.sizes, weights)
     if grams.sink is not None:
         energies["sink"] = grouped_cross_mean(grams.sink, grams.self_pairs["sink"], grams.sizes, weights)
-    total = energies["total"]
-    out = {f"E_{name}": value for name, value in energies.items()}
-    out["L_rel"] = energies["relative"] / total
-    out["L_mask"] = energies["row"] / total
-    out["L_res"] = energies["remainder"] / total
-    out["L_mask_count"] = energies["count"] / total
-    out["L_mask_rest"] = out["L_mask"] - out["L_mask_count"]
-    out["E_absolute"] = energies["row"] + energies["remainder"]
-    out["L_abs"] = out["E_absolute"] / total
-    if "sink" in energies:
-        out["sink_share"] = energies["sink"] / total
-    return out
+    return M.shares_from_energies(energies)
 
 
 @dataclass
-class StreamedDecomposition:
+class StreamedDecomposition(M.Decomposition):
     """A decomposition from grouped statistics, with the interface of :class:`metrics.Decomposition`.
 
-    ``metrics.headline``, ``compare`` and ``depth_slope`` accept it unchanged when ``n_groups ==
-    n_prompts`` (they draw ``bootstrap_weights(dec.n_prompts)``). With fewer groups the bootstrap resamples
-    groups: draw ``bootstrap_weights(dec.n_groups)`` (the lead's one-line change in those functions).
+    It inherits the cached ``shares`` of :class:`metrics.Decomposition`, computed from the grouped Grams;
+    ``metrics.headline``, ``compare`` and ``depth_slope`` draw their bootstrap over ``n_groups`` units
+    (``metrics._units``): with one prompt per group that is exactly the prompt bootstrap, with fewer groups
+    a block bootstrap over groups of consecutive prompts.
     """
 
-    model: str
-    condition: str
-    layers: list[int]
-    layer_kind: list[str]
-    n_heads: int
-    n_prompts: int
-    n_groups: int
-    grams: dict[tuple[str, str], GroupedGrams]
-    _cache: dict = field(default_factory=dict, repr=False)
+    n_groups: int = 0  # the prompt groups the bootstrap resamples (n_prompts: exactly metrics.Decomposition)
 
-    def shares(self, window: str, keys: str, weights: Multiplicities | None = None) -> dict[str, Tensor]:
-        key = (window, keys, None if weights is None else id(weights))
-        if key not in self._cache:
-            if weights is not None:
-                self._cache = {k: v for k, v in self._cache.items() if k[2] is None}
-                self._weights = weights  # keep it alive so its id stays unique
-            self._cache[key] = grouped_shares(self.grams[(window, keys)], weights)
-        return self._cache[key]
+    def _domain_shares(self, grams: GroupedGrams, weights: Multiplicities | None) -> dict[str, Tensor]:
+        return grouped_shares(grams, weights)
 
     def to_decomposition(self) -> M.Decomposition:
         """The identical metrics.Decomposition (one prompt per group only): every table of metrics.py works."""
@@ -338,7 +314,7 @@ class DecompositionAccumulator:
                 grams[(window, keys)] = GroupedGrams(**stacked, sink=sink, self_pairs=selfs, sizes=self.sizes)
         n_heads = next(iter(self.state.values())).sums.shape[1]
         return StreamedDecomposition(model, condition, layers, layer_kind or ["full"] * len(layers), n_heads,
-                                     self.n_prompts, self.n_groups, grams)
+                                     self.n_prompts, grams, n_groups=self.n_groups)
 
 
 def accumulate_capture(cap, n_groups: int | None = None, batch_size: int = 4) -> StreamedDecomposition:
