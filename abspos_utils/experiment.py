@@ -40,7 +40,7 @@ from .errors import AbsposError
 from .estimates import Comparison, Estimate, without_nan
 from .interventions import POSITION0_KINDS, Intervention, position0_replacement
 from .models import Architecture, LoadedModel, describe, load_model, randomly_initialised
-from .prompts import PromptSet, _bos_policy, make_prompts, with_first_tokens
+from .prompts import PromptSet, make_prompts, with_first_tokens
 
 PACKAGES = ("torch", "transformers", "nnsight", "numpy", "pandas", "abspos")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -193,7 +193,7 @@ class Experiment:
         reasons = []
         if loaded.extra.get("ntk_factor"):
             reasons.append(NTK_STAND_IN)
-        if prompts is not None and prompts.has_bos and not _bos_policy(loaded.tokenizer, "auto")[0]:
+        if prompts is not None and prompts.has_bos and not describe(loaded).adds_bos:
             reasons.append(BOS_STAND_IN)
         return "; ".join(reasons)
 

@@ -254,22 +254,16 @@ document.getElementById("page").addEventListener("load", function () {{ setTimeo
 
 def _image_widths(book: BuiltBook, page: Path, which: str) -> dict[str, int]:
     """naturalWidth of every <img> of a page as Chromium loaded it (src -> width)."""
+    return {src: natural for src, (natural, _) in _image_scales(book, page, which).items()}
+
+
+def _image_scales(book: BuiltBook, page: Path, which: str) -> dict[str, tuple[int, float]]:
+    """(naturalWidth, rendered width in CSS px) of every <img> of a page in a 1280 px wide frame."""
     probe = book.root / "_build" / f"probe_{which}.html"
     probe.write_text(PROBE.format(src=page.relative_to(probe.parent).as_posix()))
     dom = _chromium("--allow-file-access-from-files", "--dump-dom", probe.as_uri()).stdout
     found = re.search(r'<pre id="out">IMGOUT\[([^\]]*)\]DONE</pre>', dom)
     assert found, f"{which}: the image probe did not report (page output: {dom[-300:]!r})"
-    pairs = [item.split(" ", 1) for item in found.group(1).split(";") if item.strip()]
-    return {src: int(width.split("/")[0]) for width, src in pairs}
-
-
-def _image_scales(book: BuiltBook, page: Path, which: str) -> dict[str, tuple[int, float]]:
-    """(naturalWidth, rendered width in CSS px) of every <img> of a page in a 1280 px wide frame."""
-    probe = book.root / "_build" / f"probe_scale_{which}.html"
-    probe.write_text(PROBE.format(src=page.relative_to(probe.parent).as_posix()))
-    dom = _chromium("--allow-file-access-from-files", "--dump-dom", probe.as_uri()).stdout
-    found = re.search(r'<pre id="out">IMGOUT\[([^\]]*)\]DONE</pre>', dom)
-    assert found, f"{which}: the image probe did not report"
     pairs = [item.split(" ", 1) for item in found.group(1).split(";") if item.strip()]
     return {src: (int(w.split("/")[0]), float(w.split("/")[1])) for w, src in pairs}
 
