@@ -40,6 +40,21 @@ Residual = Float[Tensor, "batch position d_model"]
 
 DEFAULT_EARLY_END = 32  # early queries are [1, 32) unless a notebook says otherwise
 
+#: The optional per-layer statistics of a capture, by name: (what is kept per batch of B prompts, what it
+#: is, and which metrics read it). The windowed log-weights and log Z_i are always kept (the decomposition
+#: and every statistic below start from them); ``collect(statistics=...)`` keeps a subset of these.
+STATISTICS: dict[str, tuple[str, str]] = {
+    "key0": ("(B, H, T)", "a_i0, the attention each query pays to position 0: sink scores, sink rate, sink curve"),
+    "entropy": ("(B, H, T)", "-sum_j a_ij log a_ij, the row entropy: metrics.row_statistics (chapter 01)"),
+    "scores_early": ("(B, H, P_early)", "s_ij on the early window before the softmax: metrics.linear_table (ΔR² of s)"),
+    "sink_writes": ("(B, H, d)", "W_O^h v_0, what head h writes per unit of attention on position 0: fingerprints"),
+    "resid0": ("(B, d) per layer", "the position-0 residual stream after each layer: trajectory, fingerprints"),
+    "probe": ("(B, 48, d) per layer", "the residual stream at the probe positions: metrics.position_probe"),
+}
+ALL_STATISTICS = tuple(STATISTICS)
+STRIDED = "late, strided"  # the window name of collect(strided_check=...)
+FIELDS = {"scores_early": "early_scores", "probe": "probe_resid"}  # the CapturedStatistics field of each
+
 
 def query_windows(seq_len: int, early_end: int = DEFAULT_EARLY_END) -> dict[str, tuple[int, int]]:
     """The query windows of DESIGN.md §2: early = [1, early_end), late = [T/2, T)."""
@@ -140,16 +155,12 @@ def trace_batch(
                     outside = (positions[:, None] - positions[None, :]) >= intervention.window
                     masked[..., outside] = torch.finfo(masked.dtype).min
                 visible = masked[0, 0] > torch.finfo(masked.dtype).min / 2
-                if family.sink_logits:  # the sink takes its share of every row: log a over the real keys only
-                    log_weights = torch.log_softmax(logits.float(), dim=-1)[..., : masked.shape[-1]]
-                    # the softmax input is shifted by its row maximum; s_ii (unmasked, uncapped) is not
-                    log_z = scores.diagonal(dim1=-2, dim2=-1) - log_weights.diagonal(dim1=-2, dim2=-1)
-                    weights = softmax.output[..., : masked.shape[-1]]
-                else:
-                    log_weights = torch.log_softmax(masked.float(), dim=-1)
-                    # log Z_i from the diagonal (always visible): log a_ii = x_ii - log Z_i
-                    log_z = masked.diagonal(dim1=-2, dim2=-1).float() - log_weights.diagonal(dim1=-2, dim2=-1)
-                    weights = softmax.output
+                # log Z_i and log a_ij = x_ij - log Z_i exactly as reduce_batches computes them (see there)
+                log_z = logits.amax(-1).float() - softmax.output.amax(-1).float().log()
+                log_weights = masked.float() - log_z[..., None]
+                weights = softmax.output[..., : masked.shape[-1]] if family.sink_logits else softmax.output
+                if family.sink_logits:  # log Z_i in the units of s (the model shifts its softmax input by the row max)
+                    log_z = log_z + scores.diagonal(dim1=-2, dim2=-1) - masked.diagonal(dim1=-2, dim2=-1).float()
                 residual = layer_modules[index].output
                 on_layer(LayerView(index, scores, log_weights, weights.float(), log_z, visible, queries.float(),
                                    keys.float(), values.float(), residual.float()))
@@ -202,6 +213,8 @@ class CapturedStatistics:
     - ``resid0``: (L + 1, N, d) position-0 residual stream: the embedding output, then after each layer;
     - ``probe_resid``: (L + 1, N, P, d) residual stream at ``probe_positions`` (for position probes);
     - ``loss``: (N,) mean next-token cross-entropy, when captured ``with_loss``;
+
+    The fields of :data:`STATISTICS` not asked for are None (:func:`require` refuses a metric that reads one).
     - ``qkv``: {"q": (L, N, H, P, head_dim), "k" and "v": (L, N, KV, P, head_dim)}, q and k after RoPE, at
       ``qkv_positions`` (only when asked for).
     """
@@ -214,15 +227,15 @@ class CapturedStatistics:
     windows: dict[str, tuple[int, int]]
     pairs: dict[str, list[WindowPairs]]
     window_logw: dict[str, list[Tensor]]
-    early_scores: list[Tensor]
-    key0: Tensor
-    entropy: Tensor
+    early_scores: list[Tensor] | None
+    key0: Tensor | None
+    entropy: Tensor | None
     log_z: Tensor
     n_visible: Tensor
-    sink_writes: Tensor
-    resid0: Tensor
+    sink_writes: Tensor | None
+    resid0: Tensor | None
     probe_positions: list[int]
-    probe_resid: Tensor
+    probe_resid: Tensor | None
     loss: Tensor | None
     qkv: dict[str, Tensor] = field(default_factory=dict)
     qkv_positions: list[int] = field(default_factory=list)
@@ -231,23 +244,20 @@ class CapturedStatistics:
 
     @property
     def n_prompts(self) -> int:
-        return int(self.key0.shape[1])
+        return int(self.log_z.shape[1])
 
     @property
     def seq_len(self) -> int:
-        return int(self.key0.shape[-1])
+        return int(self.log_z.shape[-1])
 
 
-def _compact(value: Tensor) -> Tensor:
-    """A CPU tensor that owns only its own elements.
 
-    A slice such as ``weights[..., 0]`` is a view that keeps the whole (batch, head, T, T) map alive, and
-    ``.cpu()`` on a CPU tensor does not copy: kept as is, every layer's full map would stay in memory.
-    """
-    value = value.detach()
-    if value.untyped_storage().nbytes() > value.numel() * value.element_size():
-        value = value.clone()
-    return value.cpu()
+def require(cap, *names: str) -> None:
+    """Refuse, in one sentence, a metric that reads a statistic (:data:`STATISTICS`) ``cap`` did not keep."""
+    missing = [name for name in names if getattr(cap, FIELDS.get(name, name), None) is None]
+    if missing:
+        raise AbsposError(f"The capture of {getattr(cap, 'model', '?')} ({getattr(cap, 'condition', '?')}) did not "
+                          f"keep {missing}: collect it with statistics including them (capture.STATISTICS lists them).")
 
 
 def _window_pairs(visible: np.ndarray, window: tuple[int, int]) -> WindowPairs:
@@ -255,7 +265,7 @@ def _window_pairs(visible: np.ndarray, window: tuple[int, int]) -> WindowPairs:
     sub[: window[0]] = False
     sub[window[1] :] = False
     rows, cols = np.nonzero(sub)
-    return WindowPairs(rows, cols, torch.from_numpy(rows * visible.shape[-1] + cols))
+    return key0_last(rows, cols, visible.shape[-1])
 
 
 def window_rows(seq_len: int, windows: dict[str, tuple[int, int]], late_rows: int | None = None) -> dict[str, Tensor]:
@@ -275,7 +285,8 @@ def window_rows(seq_len: int, windows: dict[str, tuple[int, int]], late_rows: in
 
 
 def trace_spec(loaded: LoadedModel, layers: list[int], rows: dict[str, Tensor], probe_positions: list[int],
-               qkv_positions: list[int], window: int | None, with_loss: bool) -> dict:
+               qkv_positions: list[int], window: int | None, with_loss: bool,
+               statistics: tuple[str, ...] = ALL_STATISTICS) -> dict:
     """Everything the in-trace reduction needs, as plain values only (str, int, bool, list, dict, tensor):
     the request that carries it to a remote server must name nothing of this project."""
     family = family_of(loaded.model)
@@ -289,6 +300,7 @@ def trace_spec(loaded: LoadedModel, layers: list[int], rows: dict[str, Tensor], 
         "kv_group": int(arch.n_heads // arch.n_kv_heads), "rows": dict(rows),
         "probe": list(probe_positions), "qkv": [int(i) for i in qkv_positions],
         "window": None if window is None else int(window), "with_loss": bool(with_loss),
+        "statistics": [str(name) for name in statistics],
     }
 
 
@@ -299,11 +311,12 @@ def reduce_batches(traced, batches: list[Tensor], spec: dict, position0: list | 
     For each batch (B prompts of T tokens) it returns a dict made inside the trace and saved:
     ``embed0`` (B, d) and ``embed_probe`` (B, P, d) the embedding output (after any position-0
     replacement); ``loss`` (B,) when ``spec["with_loss"]``; and per layer index l a dict with
-    ``logw_<window>`` (B, H, P_w) log a_ij on the visible pairs of the window's rows, in row-major order
-    (``log_softmax`` of the softmax input, so no underflow), ``scores_early`` (B, H, P_early) s_ij,
-    ``key0`` a_i0, ``entropy`` -sum_j a_ij log a_ij, ``log_z`` log Z_i = x_ii - log a_ii (each (B, H, T)),
-    ``sink_writes`` W_O^h v_0 (B, H, d) with W_O read where the model lives, ``resid0`` (B, d),
-    ``probe`` (B, P, d), ``q``/``k``/``v`` at ``spec["qkv"]``; and, for the first batch only, the mask as
+    ``logw_<window>`` (B, H, P_w) log a_ij = x_ij - log Z_i on the visible pairs of the window's rows (row-major,
+    the key-0 pairs last; x the softmax input, so no underflow), ``log_z`` (B, H, T) log Z_i, and those of
+    the :data:`STATISTICS` named in ``spec["statistics"]``: ``scores_early`` (B, H, P_early) s_ij, ``key0``
+    a_i0 and ``entropy`` (each (B, H, T)), ``sink_writes`` W_O^h v_0 (B, H, d) with W_O read where the model
+    lives, ``resid0`` (B, d), ``probe`` (B, P, d); ``q``/``k``/``v`` at ``spec["qkv"]``; and, for the first
+    batch only, the mask as
     ``n_visible`` (T,) and ``first_key`` (T,) (the visible keys of row i are [first_key_i, first_key_i +
     n_visible_i) when ``banded`` is true).
 
@@ -342,55 +355,68 @@ def reduce_batches(traced, batches: list[Tensor], spec: dict, position0: list | 
                     # q/k norm, v before the KV heads are repeated; (batch, head | kv_head, T, .)
                     (_, queries, keys, values, *_), _ = call.inputs
                     inner = call.source
-                    scores = getattr(inner, spec["scores"]).output.float()
+                    wanted = spec["statistics"]
+                    # (read in forward order: the scores come before the softmax)
+                    needs_scores = "scores_early" in wanted or spec["sink_logits"]
+                    scores = getattr(inner, spec["scores"]).output if needs_scores else None
                     softmax = getattr(inner, spec["softmax"])
                     logits = softmax.input  # with sink logits (batch, head, T, T + 1): the keys, then the sink
-                    masked = logits[..., : logits.shape[-2]] if spec["sink_logits"] else logits
+                    T = logits.shape[-2]
+                    masked = logits[..., :T] if spec["sink_logits"] else logits
                     if spec["window"] is not None:
-                        positions = torch.arange(masked.shape[-1], device=masked.device)
+                        positions = torch.arange(T, device=masked.device)
                         outside = (positions[:, None] - positions[None, :]) >= spec["window"]
                         masked[..., outside] = torch.finfo(masked.dtype).min
                     visible = masked[0, 0] > torch.finfo(masked.dtype).min / 2
-                    if spec["sink_logits"]:  # the sink takes its share of every row: log a over the real keys
-                        log_weights = torch.log_softmax(logits.float(), dim=-1)[..., : masked.shape[-1]]
-                        log_z = scores.diagonal(dim1=-2, dim2=-1) - log_weights.diagonal(dim1=-2, dim2=-1)
-                        weights = softmax.output[..., : masked.shape[-1]].float()
-                    else:
-                        log_weights = torch.log_softmax(masked.float(), dim=-1)
-                        # log Z_i from the diagonal (always visible): log a_ii = x_ii - log Z_i
-                        log_z = masked.diagonal(dim1=-2, dim2=-1).float() - log_weights.diagonal(dim1=-2, dim2=-1)
-                        weights = softmax.output.float()
+                    # log Z_i, the log-sum-exp of row i's softmax input (sink logit included, where the model has
+                    # one): the softmax is monotone, so the row's largest weight sits at its largest input and
+                    # equals exp(x_max - log Z_i) >= 1 / (n_i + 1): no underflow, and no T x T map is made
+                    log_z = logits.amax(-1).float() - softmax.output.amax(-1).float().log()
+                    weights = softmax.output[..., :T] if spec["sink_logits"] else softmax.output
+                    x = masked.reshape(*masked.shape[:2], T * T)
+                    # a model with sink logits shifts each row of its softmax input by the row's maximum; log a is
+                    # shift-free, and log Z_i is kept in the units of the scores s (undo the shift on the diagonal)
+                    shift = (scores.diagonal(dim1=-2, dim2=-1).float() - masked.diagonal(dim1=-2, dim2=-1).float()
+                             if spec["sink_logits"] else 0.0)
                     stats = {}
                     if number == 0:  # the mask is the same for every batch
                         n_visible = visible.sum(-1)
                         first_key = visible.int().argmax(-1)
-                        columns = torch.arange(visible.shape[-1], device=visible.device)
+                        columns = torch.arange(T, device=visible.device)
                         band = (columns[None, :] >= first_key[:, None]) & (columns[None, :] < (first_key + n_visible)[:, None])
                         stats["n_visible"] = n_visible.cpu()
                         stats["first_key"] = first_key.cpu()
                         stats["banded"] = (band == visible).all().cpu()
                     for name, chosen in spec["rows"].items():
-                        pairs = visible & chosen.to(visible.device)[:, None]
-                        stats["logw_" + name] = log_weights[:, :, pairs].cpu()
-                        if name == "early":
-                            stats["scores_early"] = scores[:, :, pairs].cpu()
-                    stats["key0"] = weights[..., 0].clone().cpu()
-                    stats["entropy"] = (-(weights * log_weights).sum(-1)).cpu()  # invisible: 0 x finite log = 0
-                    stats["log_z"] = log_z.cpu()
-                    v0 = values[:, :, 0, :].float().repeat_interleave(spec["kv_group"], dim=1)  # (B, H, head_dim)
-                    w_o = getattr(attention, spec["output_projection"]).weight.float()  # read on the server
-                    w_o = w_o.view(w_o.shape[0], spec["n_heads"], v0.shape[-1])  # (d, H, v_head_dim)
-                    stats["sink_writes"] = torch.einsum("bhk,dhk->bhd", v0, w_o).cpu()
+                        # the window's visible pairs as flat indices i * T + j: row-major, the key-0 pairs last
+                        flat = (visible & chosen.to(visible.device)[:, None]).reshape(-1).nonzero().squeeze(-1)
+                        flat = torch.cat([flat[flat % T != 0], flat[flat % T == 0]])
+                        # log a_ij = x_ij - log Z_i: log_softmax's value on these pairs, without its T x T output
+                        stats["logw_" + name] = (x.index_select(-1, flat).float() - log_z[:, :, flat // T]).cpu()
+                        if name == "early" and "scores_early" in wanted:
+                            stats["scores_early"] = scores.reshape(x.shape).index_select(-1, flat).float().cpu()
+                    stats["log_z"] = (log_z + shift).cpu()
+                    if "key0" in wanted:
+                        stats["key0"] = weights[..., 0].float().clone().cpu()
+                    if "entropy" in wanted:  # H_i = log Z_i - sum_j a_ij x_ij (a_ij = 0 exactly where masked)
+                        stats["entropy"] = (log_z - torch.einsum("bhij,bhij->bhi", weights.float(), masked.float())).cpu()
+                    if "sink_writes" in wanted:
+                        v0 = values[:, :, 0, :].float().repeat_interleave(spec["kv_group"], dim=1)  # (B, H, head_dim)
+                        w_o = getattr(attention, spec["output_projection"]).weight.float()  # read on the server
+                        w_o = w_o.view(w_o.shape[0], spec["n_heads"], v0.shape[-1])  # (d, H, v_head_dim)
+                        stats["sink_writes"] = torch.einsum("bhk,dhk->bhd", v0, w_o).cpu()
                     if spec["qkv"]:
                         stats["q"] = queries[:, :, spec["qkv"], :].float().cpu()
                         stats["k"] = keys[:, :, spec["qkv"], :].float().cpu()
                         stats["v"] = values[:, :, spec["qkv"], :].float().cpu()
-                    residual = layer.output.float()
-                    stats["resid0"] = residual[:, 0].clone().cpu()
-                    stats["probe"] = residual[:, spec["probe"]].cpu()
+                    residual = layer.output if ("resid0" in wanted or "probe" in wanted) else None
+                    if "resid0" in wanted:
+                        stats["resid0"] = residual[:, 0].float().clone().cpu()
+                    if "probe" in wanted:
+                        stats["probe"] = residual[:, spec["probe"]].float().cpu()
                     out[index] = stats
                     # drop this layer's maps now: the block's variables outlive the trace
-                    del scores, softmax, logits, masked, visible, log_weights, log_z, weights, residual
+                    del softmax, logits, masked, visible, x, log_z, weights, scores, residual, shift
                 if spec["with_loss"]:
                     logits = traced.output.logits
                     out["loss"] = torch.nn.functional.cross_entropy(
@@ -418,16 +444,23 @@ def limit_heap_fragmentation(threshold: int = 4 * 2**20) -> None:
         pass
 
 
+def key0_last(rows: np.ndarray, cols: np.ndarray, seq_len: int) -> WindowPairs:
+    """Row-major pairs reordered with the key-0 pairs last, the order of the in-trace reduction: the bulk
+    (keys j >= 1) is then a prefix of every window's values, read without a copy."""
+    order = np.concatenate([np.flatnonzero(cols != 0), np.flatnonzero(cols == 0)])
+    rows, cols = rows[order], cols[order]
+    return WindowPairs(rows, cols, torch.from_numpy(rows * seq_len + cols))
+
+
 def band_pairs(first_key: np.ndarray, n_visible: np.ndarray, rows: np.ndarray) -> WindowPairs:
     """The visible pairs (i, j) of the chosen query rows of a banded mask (row i sees [first_key_i,
-    first_key_i + n_visible_i)), row-major: the order of ``log_weights[:, :, visible & rows[:, None]]``."""
+    first_key_i + n_visible_i)), in the order of :func:`key0_last` (that of :func:`reduce_batches`)."""
     chosen = np.flatnonzero(rows)
     counts = n_visible[chosen].astype(np.int64)
     r = np.repeat(chosen, counts)
     starts = np.repeat(first_key[chosen].astype(np.int64) - np.cumsum(counts) + counts, counts)
     c = starts + np.arange(len(r))
-    T = len(n_visible)
-    return WindowPairs(r, c, torch.from_numpy(r * T + c))
+    return key0_last(r, c, len(n_visible))
 
 
 def collect(
@@ -445,10 +478,12 @@ def collect(
     with_loss: bool = False,
     n_groups: int | None = None,
     late_rows: int | None = None,
+    strided_check: int | None = None,
     keep_window_logw: bool = False,
     batches_per_request: int = 1,
     remote_model: str | None = None,
     decompose: bool = True,
+    statistics: tuple[str, ...] | None = None,
 ) -> CapturedStatistics:
     """Run the prompts through the model and keep, per layer, the statistics the metrics need (one
     :class:`CapturedStatistics`, whose ``decomposition`` is the streamed position decomposition).
@@ -460,10 +495,13 @@ def collect(
     early_end^2 / 2 pairs per head, independent of T; the linear ΔR² and the stabilizer read them); the
     late window's (~3 T^2 / 8 pairs) are kept only with ``keep_window_logw`` (to compare with
     ``metrics.decompose``). ``late_rows``: measure the late window on that many evenly spaced query rows
-    (memory linear in T; an estimate of the full window's shares, not equal to them).
+    (memory linear in T; an estimate of the full window's shares, not equal to them). ``strided_check``:
+    also measure the late window on that many strided rows, as the window ``"late, strided"`` of the same
+    trace, so that the two can be compared (:func:`abspos_utils.metrics.strided_check_rows`).
     ``batches_per_request`` batches go in one ``model.session`` (one request when ``remote``: True for
     NDIF, or a host URL); ``remote_model`` is the hub id the server hosts (default: the wrapper's repo id).
-    ``decompose=False`` skips the decomposition (``decomposition`` is then None).
+    ``decompose=False`` skips the decomposition (``decomposition`` is then None). ``statistics``: the
+    names of :data:`STATISTICS` to keep (default: all); a field not kept is None.
     """
     from .streaming import DecompositionAccumulator
 
@@ -473,15 +511,24 @@ def collect(
     layers = list(range(arch.n_layers)) if layers is None else list(layers)
     if any(not 0 <= layer < arch.n_layers for layer in layers):
         raise AbsposError(f"Layers must lie in [0, {arch.n_layers}) for {loaded.name} (got {layers}).")
-    if late_rows is not None and late_rows < 2:
-        raise AbsposError(f"late_rows must be at least 2 query rows (got {late_rows}): use 64, or leave it unset.")
+    for option, value in (("late_rows", late_rows), ("strided_check", strided_check)):
+        if value is not None and value < 2:
+            raise AbsposError(f"{option} must be at least 2 query rows (got {value}): use 64, or leave it unset.")
     intervention = intervention or Intervention()
     T, N = prompts.seq_len, prompts.n_prompts
     windows = query_windows(T, early_end)
     rows = window_rows(T, windows, late_rows)
+    if strided_check:  # the late window once more, on strided rows only, from the same trace
+        windows[STRIDED] = windows["late"]
+        rows[STRIDED] = window_rows(T, {"late": windows["late"]}, strided_check)["late"]
     probe_positions = sorted(set(np.linspace(0, T - 1, min(n_probe_positions, T)).round().astype(int).tolist()))
     H = arch.n_heads
-    spec = trace_spec(loaded, layers, rows, probe_positions, list(qkv_positions), intervention.window, with_loss)
+    statistics = ALL_STATISTICS if statistics is None else tuple(statistics)
+    unknown = sorted(set(statistics) - set(STATISTICS))
+    if unknown:
+        raise AbsposError(f"Unknown capture statistics {unknown}: choose among {list(STATISTICS)}.")
+    spec = trace_spec(loaded, layers, rows, probe_positions, list(qkv_positions), intervention.window, with_loss,
+                      statistics)
     traced = nnsight_model(loaded)
     if remote and remote != "local":
         remote_model = remote_model or getattr(traced, "repo_id", "") or ""
@@ -549,8 +596,14 @@ def collect(
         del results, saved, stats, values
     bar.close()
 
-    def stacked(key: str) -> Tensor:
+    def stacked(key: str) -> Tensor | None:
+        if key not in per_layer[layers[0]]:
+            return None  # a statistic not asked for
         return torch.stack([torch.cat(per_layer[i][key]) for i in layers])
+
+    def with_embedding(key: str, embedded: list[Tensor]) -> Tensor | None:
+        layered = stacked(key)
+        return None if layered is None else torch.cat([torch.cat(embedded)[None], layered])
 
     kinds = [arch.layers[i].kind if intervention.window is None else "sliding (imposed)" for i in layers]
     decomposition = accumulator.finalize(loaded.name, intervention.label, kinds) if decompose else None
@@ -563,19 +616,19 @@ def collect(
         windows=windows,
         pairs={w: [pairs[w][i] for i in layers] for w in windows},
         window_logw={w: [torch.cat(per_layer[i][f"logw_{w}"]) for i in layers] for w in kept_windows},
-        early_scores=[torch.cat(per_layer[i]["scores_early"]) for i in layers],
+        early_scores=[torch.cat(per_layer[i]["scores_early"]) for i in layers] if "scores_early" in statistics else None,
         key0=stacked("key0"),
         entropy=stacked("entropy"),
         log_z=stacked("log_z"),
         n_visible=torch.stack([visible_rows[i] for i in layers]),
         sink_writes=stacked("sink_writes"),
-        resid0=torch.cat([torch.cat(embeds)[None], stacked("resid0")]),
+        resid0=with_embedding("resid0", embeds),
         probe_positions=probe_positions,
-        probe_resid=torch.cat([torch.cat(embed_probe)[None], stacked("probe")]),
+        probe_resid=with_embedding("probe", embed_probe),
         loss=torch.cat(losses) if with_loss else None,
         qkv={name: stacked(name) for name in "qkv"} if qkv_positions else {},
         qkv_positions=list(qkv_positions),
-        meta={"window": intervention.window, "late_rows": late_rows,
+        meta={"window": intervention.window, "late_rows": late_rows, "statistics": list(statistics),
               "n_groups": decomposition.n_groups if decompose else None,
               **loaded.provenance},
         decomposition=decomposition,

@@ -39,7 +39,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .capture import CapturedStatistics
+from .capture import CapturedStatistics, require
 from .errors import AbsposError
 from .estimates import Comparison, Estimate
 
@@ -245,7 +245,7 @@ def decompose(cap: CapturedStatistics) -> Decomposition:
             stacked = {k: torch.stack([g[k] for g in per_layer]) for k in Grams.STORED}
             sink = torch.stack([g["sink"] for g in per_layer]) if keys == "all" else None
             grams[(window, keys)] = Grams(**stacked, sink=sink)
-    n_heads = cap.key0.shape[2]
+    n_heads = next(iter(cap.window_logw.values()))[0].shape[1]
     return Decomposition(cap.model, cap.condition, cap.layers, cap.layer_kind, n_heads, cap.n_prompts, grams)
 
 
@@ -497,6 +497,28 @@ def compare_row(before: Decomposition, after: Decomposition, statistic: str = "L
                 window=window, keys=keys, aggregate=how, **result.columns())
 
 
+def strided_check_rows(dec: Decomposition, seed: int = 0) -> list[dict]:
+    """The late window measured on all its query rows against a strided subset of them, from one capture
+    (``collect(strided_check=n)``, window :data:`abspos_utils.capture.STRIDED`): per statistic (L_res and
+    L_mask, medians over heads; the balance, a ratio of energies; keys j >= 1) the full and the strided
+    estimate and their paired difference (the same bootstrap draws of prompts on both)."""
+    from .capture import STRIDED
+
+    if (STRIDED, "bulk") not in dec.grams:
+        raise AbsposError("This decomposition has no strided late window: measure it with strided_check=64.")
+    weights = bootstrap_weights(_units(dec), N_BOOTSTRAP, seed)
+    rows = []
+    for statistic, how in (("L_res", "median"), ("L_mask", "median"), ("balance", "ratio")):
+        points = {w: float(_statistic(dec, None, statistic, w, "bulk", how, None)) for w in ("late", STRIDED)}
+        draws = {w: _statistic(dec, weights, statistic, w, "bulk", how, None).numpy() for w in ("late", STRIDED)}
+        full, strided = (_interval(points[w], draws[w]) for w in ("late", STRIDED))
+        difference = _interval(points[STRIDED] - points["late"], draws[STRIDED] - draws["late"])
+        rows.append(dict(model=dec.model, condition=dec.condition, statistic=statistic, aggregate=how,
+                         **full.columns("full"), **strided.columns("strided"), **difference.columns("difference"),
+                         n_prompts=dec.n_prompts))
+    return rows
+
+
 def depth_slope(dec: Decomposition, statistic: str = "L_res", window: str = "late", keys: str = "bulk",
                 layer_kind: str | None = None, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> Estimate:
     """Least-squares slope of a per-layer share (ratio of sums over heads) against layer index, with a
@@ -572,6 +594,7 @@ def stabilizer_table(cap: CapturedStatistics, window: str = "early", epsilon: fl
     """One row per layer and head: the count slope (mean over prompts), ``cancelled`` = 1 - slope (the
     share of the count term -log n_i that the head's sink cancels), its sink score and whether it reads
     the sink (score > epsilon)."""
+    require(cap, "key0")
     slope = count_slopes(cap, window).mean(1)  # (L, H)
     scores = sink_scores(cap.key0, cap.n_visible)
     L, H = slope.shape
@@ -586,6 +609,7 @@ def stabilizer(cap: CapturedStatistics, window: str = "early", sink_reading: boo
     """Median over the sink-reading heads (or, with ``sink_reading=False``, over the other heads) of the
     share of the count term they cancel, with a bootstrap interval over prompts (the heads are chosen once,
     by their sink score on all prompts). NaN when there is no such head."""
+    require(cap, "key0")
     chosen = (sink_scores(cap.key0, cap.n_visible) > epsilon) == sink_reading  # (L, H)
     if not bool(chosen.any()):
         return Estimate.missing()
@@ -675,6 +699,7 @@ def linear_table(cap: CapturedStatistics) -> pd.DataFrame:
 
     Layers whose early window is not a full triangle (a sliding window shorter than it) get no row.
     """
+    require(cap, "scores_early")
     rows = []
     for index, layer in enumerate(cap.layers):
         pairs = cap.pairs["early"][index]
@@ -709,6 +734,7 @@ def sink_scores(key0: Float[Tensor, "layer prompt head query"], n_visible: Float
 
 def sink_table(cap: CapturedStatistics, epsilon: float = SINK_EPSILON) -> pd.DataFrame:
     """One row per layer and head: sink score and whether the head is sink-reading (score > epsilon)."""
+    require(cap, "key0")
     scores = sink_scores(cap.key0, cap.n_visible)
     L, H = scores.shape
     return pd.DataFrame(dict(model=cap.model, condition=cap.condition, layer=np.repeat(cap.layers, H),
@@ -728,6 +754,7 @@ def sink_reading_heads(table: pd.DataFrame, epsilon: float = SINK_EPSILON, fallb
 
 def _sink_rates(cap: CapturedStatistics, epsilon: float, weights: Tensor | None) -> Tensor:
     """Share of (layer, head) pairs with sink score > epsilon: a scalar, or one per bootstrap draw."""
+    require(cap, "key0")
     return (sink_scores(cap.key0, cap.n_visible, weights) > epsilon).double().mean((-1, -2))
 
 
@@ -765,6 +792,7 @@ def compare_sink_rate_row(before: CapturedStatistics, after: CapturedStatistics,
 
 def sink_curve(cap: CapturedStatistics) -> pd.DataFrame:
     """Mean a_i0 over prompts and heads per layer and query, beside the uniform 1 / n_i."""
+    require(cap, "key0")
     mean = cap.key0.mean((1, 2))  # (L, T)
     L, T = mean.shape
     return pd.DataFrame(dict(model=cap.model, condition=cap.condition, layer=np.repeat(cap.layers, T),
@@ -774,6 +802,7 @@ def sink_curve(cap: CapturedStatistics) -> pd.DataFrame:
 
 def row_statistics(cap: CapturedStatistics) -> pd.DataFrame:
     """Per layer and query (mean over prompts and heads): log Z_i, number of visible keys, entropy."""
+    require(cap, "entropy")
     L, _, _, T = cap.log_z.shape
     return pd.DataFrame(dict(model=cap.model, condition=cap.condition, layer=np.repeat(cap.layers, T),
                              query=np.tile(np.arange(T), L), log_z=cap.log_z.mean((1, 2)).reshape(-1).numpy(),
@@ -794,6 +823,7 @@ def trajectory_table(cap: CapturedStatistics) -> pd.DataFrame:
     distance between two prompts' vectors) and that spread relative to the norm, and the largest |h| entry
     (the "massive activation" scale) with its dimension.
     """
+    require(cap, "resid0")
     h = cap.resid0.double()  # (L+1, N, d)
     norms = h.norm(dim=-1)
     cosine = torch.nn.functional.cosine_similarity(h[1:], h[:-1], dim=-1).mean(-1)
@@ -825,6 +855,7 @@ def fingerprint_table(cap: CapturedStatistics, other: CapturedStatistics | None 
     With ``other``, the cosine is taken between this capture's prompts and the other's (for example the
     same first token in different texts).
     """
+    require(cap, "sink_writes")
     writes = cap.sink_writes.permute(0, 2, 1, 3)  # (L, H, N, d)
     cos = _pairwise_cosine(writes, None if other is None else other.sink_writes.permute(0, 2, 1, 3))
     L, H = cos.shape
@@ -848,6 +879,7 @@ def position_probe(cap: CapturedStatistics, ridge: float = 1.0, seed: int = 0) -
     positions for a 576- or 640-wide stream) the probe is data-starved and strongly regularised, so its R²
     is a lower bound on what a linear read-out could find.
     """
+    require(cap, "probe")
     h = cap.probe_resid.double()  # (L+1, N, P, d)
     depth, n, p, d = h.shape
     if n < 2:

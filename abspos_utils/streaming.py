@@ -210,6 +210,13 @@ class StreamedDecomposition(M.Decomposition):
 # ---------------------------------------------------------------------------------------------------
 
 
+def _selection(keep: np.ndarray) -> slice | Tensor:
+    """Index of the kept pairs: a slice (a view, no copy) when they come first, as the capture orders
+    them (:func:`abspos_utils.capture.key0_last`), else a boolean mask."""
+    n = int(keep.sum())
+    return slice(0, n) if bool(keep[:n].all()) else torch.from_numpy(keep)
+
+
 class _WindowState:
     """Group sums S_g (G, H, P) on one layer's window, and the self terms D_g of both key domains.
 
@@ -225,8 +232,9 @@ class _WindowState:
         self.sums = torch.zeros(n_groups, n_heads, len(self.rows), dtype=torch.float64, device=device)
         self.domains = {}
         for keys in M.KEY_DOMAINS:
-            select = self.cols >= 1 if keys == "bulk" else np.ones(len(self.cols), dtype=bool)
-            domain = M.pair_domain(self.rows[select], self.cols[select])
+            keep = self.cols >= 1 if keys == "bulk" else np.ones(len(self.cols), dtype=bool)
+            select = _selection(keep)
+            domain = M.pair_domain(self.rows[keep], self.cols[keep])
             key0 = (domain.cols == 0) if keys == "all" else None
             self.domains[keys] = (select, domain, key0)
         self.self_pairs = {keys: {part: torch.zeros(n_groups, n_heads, dtype=torch.float64, device=device)
@@ -234,21 +242,21 @@ class _WindowState:
                            for keys in M.KEY_DOMAINS}
 
     def add(self, values: PairValues, groups: Tensor) -> None:
+        if self.singletons:  # each prompt its own group: add in place, converting to float64 on the way
+            for prompt, group in zip(values.to(self.sums.device), groups.tolist()):
+                self.sums[group].add_(prompt)
+            return
         x = values.to(self.sums.device, torch.float64)
         groups = groups.to(self.sums.device)
         self.sums.index_add_(0, groups, x)
-        if self.singletons:
-            return
         for keys, (select, domain, key0) in self.domains.items():
-            xd = x if select.all() else x[..., torch.from_numpy(select).to(x.device)]
-            for part, value in self_terms(xd.cpu(), domain, key0).items():  # PairDomain lives on the CPU
+            for part, value in self_terms(x[..., select].cpu(), domain, key0).items():  # PairDomain lives on the CPU
                 self.self_pairs[keys][part].index_add_(0, groups, value.to(self.sums.device))
 
     def grams(self, keys: str) -> dict[str, Tensor]:
         select, domain, key0 = self.domains[keys]
         log_counts = np.log(self.n_visible[domain.rows])
-        sums = self.sums[..., torch.from_numpy(select).to(self.sums.device)].cpu()
-        return M.domain_grams(sums, domain, log_counts, key0)  # the group sums S_g play the prompts
+        return M.domain_grams(self.sums[..., select].cpu(), domain, log_counts, key0)  # the group sums S_g play the prompts
 
     def tensors(self) -> list[Tensor]:
         return [self.sums] + [t for parts in self.self_pairs.values() for t in parts.values()]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from abspos_utils import capture as C
 from abspos_utils import metrics as M
 from abspos_utils.capture import collect as capture, nnsight_model, query_windows, trace_batch
 from abspos_utils.interventions import Intervention, position0_replacement
@@ -189,16 +190,16 @@ def test_sink_rate_of_smollm2_matches_plain_transformers(smollm2):
     assert ours > 0.3  # SmolLM2 has many sink heads (about 0.7 at T = 64-128)
 
 
-def test_kept_statistics_do_not_hold_the_attention_maps():
-    """A per-layer statistic sliced from a (batch, head, T, T) map must not keep the whole map alive."""
-    from abspos_utils.capture import _compact
-
+def test_kept_statistics_do_not_hold_the_attention_maps(tiny_llama):
+    """A per-layer statistic sliced from a (batch, head, T, T) map must not keep the whole map alive: the
+    trace clones its slices (a_i0, the position-0 stream), so each kept tensor owns only its elements."""
     maps = torch.zeros(2, 4, SEQ, SEQ)
-    key0 = maps[..., 0]
-    assert key0.untyped_storage().nbytes() == maps.numel() * 4  # a plain slice holds every map
-    assert _compact(key0).untyped_storage().nbytes() == key0.numel() * 4
-    owned = torch.zeros(3, 5)
-    assert _compact(owned).data_ptr() == owned.data_ptr()  # no copy when nothing is wasted
+    assert maps[..., 0].untyped_storage().nbytes() == maps.numel() * 4  # a plain slice holds every map
+    results = C.reduce_batches(nnsight_model(tiny_llama), [make_prompts(tiny_llama.tokenizer, n_prompts=2, seq_len=SEQ).input_ids],
+                               C.trace_spec(tiny_llama, [0, 1], {"early": torch.arange(SEQ) < 8}, [0, 5], [], None, False))
+    for layer in (0, 1):
+        for name, value in results[0][layer].items():
+            assert value.untyped_storage().nbytes() == value.numel() * value.element_size(), name
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3"])
@@ -235,7 +236,10 @@ def test_the_in_trace_reduction_equals_the_layer_views_bit_for_bit(name):
     for index in range(len(cap.layers)):
         layer = [batch[index] for batch in batches]
         assert torch.equal(torch.cat([v.weights[..., 0] for v in layer]), cap.key0[index])
-        assert torch.equal(torch.cat([-(v.weights * v.log_weights).sum(-1) for v in layer]), cap.entropy[index])
+        # the trace takes H_i = log Z_i - sum_j a_ij x_ij (one product of two maps, no third): -sum a log a to
+        # float32 rounding
+        torch.testing.assert_close(torch.cat([-(v.weights * v.log_weights).sum(-1) for v in layer]), cap.entropy[index],
+                                   atol=2e-5, rtol=0)
         assert torch.equal(torch.cat([v.log_z for v in layer]), cap.log_z[index])
         assert torch.equal(torch.cat([v.residual[:, 0] for v in layer]), cap.resid0[index + 1])
         for window, span in cap.windows.items():
@@ -280,3 +284,59 @@ def test_a_strided_late_window_is_measured_on_evenly_spaced_rows(tiny_llama):
     print(f"tiny-llama late L_mask: full window {a:.4f}, 8 strided rows {b:.4f}")
     with pytest.raises(AbsposError, match="late_rows"):
         capture(tiny_llama, prompts, progress=False, late_rows=1)
+
+
+def test_log_weights_are_log_softmax_without_its_map(tiny_llama, text_ids):
+    """The capture takes log Z_i = x_max - log a_max (the row's largest input and largest weight: no
+    underflow, no T x T output) and log a_ij = x_ij - log Z_i: log_softmax's values to float32 rounding."""
+    for view in views(tiny_llama, text_ids)[0]:
+        expected = torch.log_softmax(view.scores.masked_fill(~view.visible, float("-inf")), -1)
+        torch.testing.assert_close(view.log_weights[..., view.visible], expected[..., view.visible], atol=2e-6, rtol=0)
+        torch.testing.assert_close(view.log_z, torch.logsumexp(view.scores.masked_fill(~view.visible, float("-inf")), -1),
+                                   atol=2e-6, rtol=0)
+
+
+def test_window_pairs_put_key0_last_so_the_bulk_is_a_prefix(tiny_gemma3):
+    """Every window's pairs are row-major with the key-0 pairs last, as the trace gathers them: the bulk
+    domain j >= 1 is then a view of the accumulated sums, not a copy."""
+    cap = capture(tiny_gemma3, make_prompts(tiny_gemma3.tokenizer, n_prompts=4, seq_len=SEQ), progress=False)
+    for window in cap.windows:
+        for pairs in cap.pairs[window]:
+            bulk = pairs.cols >= 1
+            assert bulk[: bulk.sum()].all() and not bulk[bulk.sum():].any()
+            order = np.lexsort((pairs.cols[bulk], pairs.rows[bulk]))
+            assert np.array_equal(order, np.arange(bulk.sum()))  # row-major within the bulk
+
+
+def test_a_capture_keeps_only_the_statistics_asked_for(tiny_llama):
+    """statistics=() keeps the decomposition's inputs only: the same decomposition as a full capture, the
+    other fields None, and a metric that needs one of them refuses in one sentence."""
+    prompts = make_prompts(tiny_llama.tokenizer, n_prompts=4, seq_len=SEQ)
+    full = capture(tiny_llama, prompts, progress=False)
+    lean = capture(tiny_llama, prompts, progress=False, statistics=())
+    assert lean.key0 is None and lean.entropy is None and lean.probe_resid is None and lean.early_scores is None
+    assert torch.equal(full.log_z, lean.log_z)
+    for window in full.windows:
+        a, b = (M.headline(c.decomposition.to_decomposition(), "L_res", window, "bulk") for c in (full, lean))
+        assert a == b
+    with pytest.raises(AbsposError, match=r"did not keep \['key0'\]"):
+        M.sink_rate(lean)
+    with pytest.raises(AbsposError, match="Unknown capture statistics"):
+        capture(tiny_llama, prompts, progress=False, statistics=("attention",))
+
+
+def test_the_strided_check_is_the_strided_late_window_of_the_same_trace(tiny_llama):
+    """strided_check=n adds the late window on n strided rows to one trace: its numbers are those of a
+    separate capture with late_rows=n, and the full late window's are unchanged."""
+    from abspos_utils.capture import STRIDED
+
+    prompts = make_prompts(tiny_llama.tokenizer, n_prompts=4, seq_len=128)
+    both = capture(tiny_llama, prompts, progress=False, strided_check=8).decomposition.to_decomposition()
+    full = capture(tiny_llama, prompts, progress=False).decomposition.to_decomposition()
+    strided = capture(tiny_llama, prompts, progress=False, late_rows=8).decomposition.to_decomposition()
+    for statistic in ("L_res", "L_mask"):
+        assert M.headline(both, statistic, "late") == M.headline(full, statistic, "late")
+        assert M.headline(both, statistic, STRIDED) == M.headline(strided, statistic, "late")
+    rows = M.strided_check_rows(both)
+    assert [r["statistic"] for r in rows] == ["L_res", "L_mask", "balance"]
+    assert all(abs(r["difference"] - (r["strided"] - r["full"])) < 1e-12 for r in rows)
