@@ -135,20 +135,42 @@ class Experiment:
 
     def model(self, name: str, **kwargs) -> LoadedModel:
         """Load (once per run) a model on the run's device and dtype; kwargs go to ``load_model``
-        (e.g. ``ntk_factor``). Its provenance enters ``run.json`` as soon as it is loaded."""
+        (e.g. ``ntk_factor``). Its provenance enters ``run.json`` as soon as it is loaded.
+
+        With the ``remote`` parameter on, no weight is loaded: the model is a weightless client
+        (:func:`~abspos_utils.models.weightless_model`: the config on the meta device, the real tokenizer,
+        static family checks instead of the load-time probe), ``name`` must be the Hugging Face id the server
+        hosts (or a local checkpoint folder with ``hub_id='org/name'`` in kwargs), and a zoo or tiny model is
+        refused in one sentence."""
         key = (name, tuple(sorted(kwargs.items())))
         if key not in self._models:
             from transformers.utils import logging as transformers_logging
 
             transformers_logging.disable_progress_bar()  # no "Loading weights" bars in the outputs
-            self._say(f"loading {name}" + "".join(f", {k}={v}" for k, v in kwargs.items()) + " …")
-            self._models[key] = load_model(name, device=self.device, dtype=self.dtype, seed=self.seed, **kwargs)
+            settings = "".join(f", {k}={v}" for k, v in kwargs.items())
+            if self.remote:
+                from .models import weightless_model
+
+                self._say(f"building a weightless client of {name}{settings} (the weights stay on the server) …")
+                self._models[key] = weightless_model(name, **kwargs)
+            else:
+                self._say(f"loading {name}{settings} …")
+                self._models[key] = load_model(name, device=self.device, dtype=self.dtype, seed=self.seed, **kwargs)
             self._write_record()
         return self._models[key]
 
     def random_init(self, loaded: LoadedModel) -> LoadedModel:
         """The same architecture and tokenizer with fresh random weights (seeded by the run's seed)."""
+        self._refuse_weightless(loaded, "The randomly initialised control")
         return randomly_initialised(loaded, self.seed)
+
+    @staticmethod
+    def _refuse_weightless(loaded: LoadedModel, what: str) -> None:
+        from .models import holds_no_weights
+
+        if holds_no_weights(loaded):
+            raise AbsposError(f"{what} needs the weights of {loaded.name} on this machine, which a remote run's "
+                              "weightless client does not hold: run this part locally (remote False).")
 
     def describe(self, loaded: LoadedModel | str) -> Architecture:
         """Layers, heads, per-layer attention kind (full or sliding, with the window) and RoPE of a model."""
@@ -169,6 +191,7 @@ class Experiment:
 
     def position0(self, loaded: LoadedModel, prompts: PromptSet, kind: str, token: str = " the") -> Intervention:
         """Replace the embedding output at position 0 (``kind`` one of :attr:`POSITION0_KINDS`)."""
+        self._refuse_weightless(loaded, f"The position-0 replacement '{kind}' (built from the embeddings)")
         return position0_replacement(loaded, prompts, kind, token=token, seed=self.seed)
 
     def is_ntk_variant(self, name: str) -> bool:
@@ -212,11 +235,12 @@ class Experiment:
         from .plan import model_shape, plan
 
         return plan(model_shape(loaded.model.config), prompts.seq_len, prompts.n_prompts, dtype=self.dtype,
-                    device=self.device, late_rows=late_rows, max_groups=64)
+                    device=self.device, late_rows=late_rows, max_groups=64, remote=bool(self.remote))
 
     def measure(self, loaded: LoadedModel, prompts: PromptSet, condition: str,
                 intervention: Intervention | None = None, decompose: bool = True,
-                with_loss: bool = False, late_rows: int | None = None) -> Measurement:
+                with_loss: bool = False, late_rows: int | None = None, statistics: tuple[str, ...] | None = None,
+                strided_check: int | None = None) -> Measurement:
         """Capture one condition and (unless ``decompose=False``) decompose it; the condition label names
         it in every table. ``with_loss`` also records the next-token loss.
 
@@ -226,7 +250,10 @@ class Experiment:
         returned as a :class:`metrics.Decomposition`; with G < N the point estimates are unchanged and the
         bootstrap resamples G blocks of consecutive prompts (a ``StreamedDecomposition``). ``late_rows``
         (default: the run's ``late_rows`` parameter, else off) measures the late window on that many evenly
-        spaced query rows instead of all of [T/2, T).
+        spaced query rows instead of all of [T/2, T). ``statistics``: the optional per-layer statistics
+        to keep (``capture.STATISTICS``; default all; ``()`` for the decomposition alone, the quickest).
+        ``strided_check``: also measure the late window on that many strided rows, in the same trace
+        (``metrics.strided_check_rows`` compares the two).
         """
         intervention = (intervention or Intervention()).relabel(condition)
         late_rows = late_rows if late_rows is not None else self.parameters.get("late_rows")
@@ -239,7 +266,7 @@ class Experiment:
                              early_end=self.parameters.get("early_end", 32), progress=False, with_loss=with_loss,
                              batch_size=batch_size, n_groups=min(prompts.n_prompts, chosen.n_groups),
                              late_rows=late_rows, remote_model=loaded.name if self.remote and "/" in loaded.name else None,
-                             decompose=decompose)
+                             decompose=decompose, statistics=statistics, strided_check=strided_check)
         streamed = statistics.decomposition
         if not decompose:
             return Measurement(statistics, None)

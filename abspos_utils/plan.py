@@ -221,8 +221,9 @@ def available_memory(device: str = "cpu") -> tuple[int, int | None]:
 
 def predict(shape: ModelShape, seq_len: int, n_prompts: int, batch_size: int, n_groups: int, dtype: str = "float32",
             device: str = "cpu", engine: str = "streamed", late_rows: int | None = None,
-            early_end: int = 32) -> tuple[dict[str, int], dict[str, int]]:
-    """(host parts, accelerator parts) in bytes; on the CPU every part is on the host."""
+            early_end: int = 32, remote: bool = False) -> tuple[dict[str, int], dict[str, int]]:
+    """(host parts, accelerator parts) in bytes; on the CPU every part is on the host. ``remote``: the
+    model runs on a remote server (NDIF), so this machine holds only the runtime and the statistics."""
     T, B, N, G, L, H, d = seq_len, batch_size, n_prompts, n_groups, shape.n_layers, shape.n_heads, shape.d_model
     size = DTYPE_BYTES[dtype]
     early = sum(window_pairs(T, w, (1, early_end)) for w in shape.windows)  # summed over layers
@@ -255,6 +256,8 @@ def predict(shape: ModelShape, seq_len: int, n_prompts: int, batch_size: int, n_
         # one batch: the group sums are filled after the trace, when its maps are gone
         trace = compute["attention maps (one layer)"] + compute["hidden states"] + statistics["batch results"]
         statistics["group sums (G)"] = max(0, statistics["group sums (G)"] - trace)
+    if remote:
+        return {"runtime": RUNTIME_BYTES, **statistics}, {}
     if device == "cpu":
         return {"runtime": RUNTIME_BYTES, **compute, **statistics}, {}
     return {"runtime": RUNTIME_BYTES, **statistics}, {"CUDA context": CUDA_CONTEXT_BYTES, **compute}
@@ -274,17 +277,19 @@ USEFUL_GROUPS = 16  # fewer bootstrap units than this give rough percentile inte
 def plan(model, seq_len: int, n_prompts: int, batch_size: int | None = None, n_groups: int | None = None,
          dtype: str = "float32", device: str = "cpu", engine: str = "streamed", late_rows: int | None = None,
          host_available: int | None = None, accelerator_available: int | None = None,
-         max_groups: int = 32, max_batch: int = 64) -> Plan:
+         max_groups: int = 32, max_batch: int = 64, remote: bool = False) -> Plan:
     """Plan one measurement: the largest batch size (up to ``max_batch``) and then the most prompt groups
     (up to ``min(N, max_groups)``; the bootstrap resamples them) that fit, or an AbsposError naming what
-    to lower. ``model`` is anything :func:`model_shape` reads; fixed ``batch_size``/``n_groups`` are checked."""
+    to lower. ``model`` is anything :func:`model_shape` reads; fixed ``batch_size``/``n_groups`` are checked.
+    ``remote``: plan only this machine's part of a remote run (the statistics; weights and maps stay on the
+    server)."""
     if dtype not in DTYPE_BYTES:
         raise AbsposError(f"Unknown dtype '{dtype}': use one of {', '.join(DTYPE_BYTES)}.")
     shape = model if isinstance(model, ModelShape) else model_shape(model)
-    host, accelerator = available_memory(device)
+    host, accelerator = available_memory("cpu" if remote else device)
     host = host_available or host
-    accelerator = accelerator_available or accelerator
-    if device != "cpu" and accelerator is None:
+    accelerator = None if remote else (accelerator_available or accelerator)
+    if device != "cpu" and accelerator is None and not remote:
         raise AbsposError(f"No free memory could be read for device '{device}': pass accelerator_available= or use device cpu.")
     if engine == "in-memory":
         n_groups = n_prompts
@@ -292,8 +297,9 @@ def plan(model, seq_len: int, n_prompts: int, batch_size: int | None = None, n_g
     groups = [n_groups] if n_groups else _descending(min(n_prompts, max_groups))
 
     def make(b: int, g: int) -> Plan:
-        parts = predict(shape, seq_len, n_prompts, b, g, dtype, device, engine, late_rows)
-        return Plan(shape.name, seq_len, n_prompts, b, g, dtype, device, engine, late_rows, *parts, host, accelerator)
+        parts = predict(shape, seq_len, n_prompts, b, g, dtype, device, engine, late_rows, remote=remote)
+        label = f"{engine} (remote: the model's memory is on the server)" if remote else engine
+        return Plan(shape.name, seq_len, n_prompts, b, g, dtype, device, label, late_rows, *parts, host, accelerator)
 
     # Intervals first: the largest batch that fits with enough groups for a useful bootstrap
     # (USEFUL_GROUPS, or one per prompt when fewer), else with at least 8, 4, then 2 (a bootstrap needs two
@@ -354,7 +360,8 @@ def notebook_plans(parameters: dict, device: str | None = None) -> list[Plan | s
         shape = ModelShape(**{**shape.__dict__, "name": name})
         out.append(plan(shape, int(parameters["seq_len"]), int(parameters["n_prompts"]),
                         dtype=str(parameters.get("dtype", "float32")), device=device,
-                        late_rows=parameters.get("late_rows"), max_groups=64))
+                        late_rows=parameters.get("late_rows"), max_groups=64,
+                        remote=bool(parameters.get("remote", False))))
     return out
 
 

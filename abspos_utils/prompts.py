@@ -92,14 +92,25 @@ def corpus_texts() -> tuple[tuple[str, str], ...]:
     return tuple(texts)
 
 
+BOS_PROBE_TEXT = "The king"
+
+
+def tokenizer_adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer, left to its own settings, puts its BOS token first: probed by tokenizing
+    :data:`BOS_PROBE_TEXT` with its special tokens (the one place this is decided, for ``bos="auto"``
+    prompts and for ``models.describe``)."""
+    bos_id = tokenizer.bos_token_id
+    probe = tokenizer(BOS_PROBE_TEXT)["input_ids"]
+    return bool(bos_id is not None and probe and probe[0] == bos_id)
+
+
 def _bos_policy(tokenizer, bos: str) -> tuple[bool, int | None]:
     """Whether position 0 gets the BOS token under ``bos``, and the BOS id."""
     if bos not in BOS_MODES:
         raise AbsposError(f"Unknown bos mode '{bos}': use one of {', '.join(BOS_MODES)}.")
     bos_id = tokenizer.bos_token_id
     if bos == "auto":
-        probe = tokenizer("The king")["input_ids"]
-        return bool(bos_id is not None and probe and probe[0] == bos_id), bos_id
+        return tokenizer_adds_bos(tokenizer), bos_id
     if bos == "prepend" and bos_id is None:
         raise AbsposError("This tokenizer has no BOS token, so bos='prepend' is impossible: use 'auto' or 'none'.")
     return bos == "prepend", bos_id

@@ -48,6 +48,18 @@ def test_tiny_gemma3_description_has_sliding_and_full_layers(tiny_gemma3):
     assert arch.adds_bos and arch.bos_id == 1
 
 
+def test_describe_and_auto_prompts_share_one_bos_probe(tiny_llama, monkeypatch):
+    """Whether a tokenizer adds BOS is decided in one place (prompts.tokenizer_adds_bos) for both."""
+    from abspos_utils import prompts
+
+    assert models.tokenizer_adds_bos is prompts.tokenizer_adds_bos
+    assert describe(tiny_llama).adds_bos and prompts.make_prompts(tiny_llama.tokenizer, n_prompts=2, seq_len=24).has_bos
+    monkeypatch.setattr(models, "tokenizer_adds_bos", lambda tokenizer: False)
+    monkeypatch.setattr(prompts, "tokenizer_adds_bos", lambda tokenizer: False)
+    assert not describe(tiny_llama).adds_bos
+    assert not prompts.make_prompts(tiny_llama.tokenizer, n_prompts=2, seq_len=24).has_bos
+
+
 def test_tiny_mistral_is_sliding_everywhere(tiny_mistral):
     assert describe(tiny_mistral).sliding_layers == [0, 1, 2, 3]
 

@@ -100,3 +100,16 @@ def test_a_run_that_cannot_fit_is_refused_before_any_model_loads(monkeypatch):
     with pytest.raises(AbsposError, match="lower seq_len"):
         P.print_notebook_plans({"model": ["tiny-llama"], "seq_len": 262144, "n_prompts": 8})
     assert P.notebook_plans({"findings_dir": "book/findings"}) == []  # the scorecard measures nothing
+
+
+def test_a_remote_run_plans_only_the_statistics_on_this_machine():
+    """With remote execution the weights, maps and hidden states stay on the server: a Llama-3.1-8B-shaped
+    run that this machine could never hold is planned from its statistics alone."""
+    from abspos_utils.bench import LLAMA_8B_SHAPE
+
+    shape = P.shape_from_config({**LLAMA_8B_SHAPE, "num_hidden_layers": 32, "vocab_size": 128256}, "llama-8b")
+    with pytest.raises(AbsposError, match="weights"):
+        P.plan(shape, 128, 16, host_available=16 * P.GiB)
+    remote = P.plan(shape, 128, 16, host_available=16 * P.GiB, remote=True)
+    assert remote.fits and "weights" not in remote.host and not remote.accelerator
+    assert "remote" in str(remote)
