@@ -164,28 +164,38 @@ def domain_grams(values: PairValues, domain: PairDomain, log_counts: np.ndarray,
 
     The projections never materialise P-sized vectors: with b = X^T x the row and diagonal sums and
     A = X^T X the normal matrix, <P_J x_n, x_m> = b_n^T A^+ b_m, and <P_T x_n, x_m> = sum over diagonals
-    of count_d t_n,d t_m,d with t the diagonal means.
+    of count_d t_n,d t_m,d with t the diagonal means. Two passes over the values (X^T x and the raw Gram)
+    are all that is P-sized; :func:`grams_from_sums` does the rest.
     """
     x = values.double()
+    return grams_from_sums(_gram(x), domain.sums(x), domain, log_counts, None if key0 is None else x[..., key0])
+
+
+def grams_from_sums(raw: Tensor, sums: Tensor, domain: PairDomain, log_counts: np.ndarray,
+                    key0_values: Tensor | None = None) -> dict:
+    """The Grams of :func:`domain_grams` from its P-sized reductions only: ``raw`` (H, N, N) = <x_n, x_m>,
+    ``sums`` (N, H, rows + diagonals) = X^T x, and ``key0_values`` (N, H, K) the values on the domain's
+    key-0 pairs (for the sink Gram; None on a domain without key 0). The mean over the domain is the sum
+    of the row sums over P (every pair lies in exactly one row)."""
     count_vector = -torch.from_numpy(log_counts).double()[None, None]
-    sums = {"x": domain.sums(x), "count": domain.sums(count_vector)}  # (.., rows + diags)
+    count_sums = domain.sums(count_vector)
     diag_count = torch.from_numpy(domain.diag_count)
-    diag_means = {k: v[..., domain.n_rows :] / diag_count for k, v in sums.items()}
-    means = x.mean(-1)
-    fitted = domain.solve(sums["x"])  # A^+ b, one factorisation shared by all prompts and heads
-    count_fitted = domain.solve(sums["count"])
+    diag_means = sums[..., domain.n_rows :] / diag_count
+    count_diag_means = count_sums[..., domain.n_rows :] / diag_count
+    means = sums[..., : domain.n_rows].sum(-1) / domain.size
+    fitted = domain.solve(sums)  # A^+ b, one factorisation shared by all prompts and heads
+    count_fitted = domain.solve(count_sums)
     out = {
-        "raw": _gram(x),
+        "raw": raw,
         "one": domain.size * torch.einsum("nh,mh->hnm", means, means),
-        "toeplitz": _gram(diag_means["x"], weights=diag_count),
-        "joint": _gram(fitted, sums["x"]),
-        "count": (torch.einsum("k,nhk->hn", count_fitted[0, 0], sums["x"])
-                  - torch.einsum("k,nhk->hn", diag_count * diag_means["count"][0, 0], diag_means["x"])),
+        "toeplitz": _gram(diag_means, weights=diag_count),
+        "joint": _gram(fitted, sums),
+        "count": (torch.einsum("k,nhk->hn", count_fitted[0, 0], sums)
+                  - torch.einsum("k,nhk->hn", diag_count * count_diag_means[0, 0], diag_means)),
         "sink": None,
     }
-    if key0 is not None:
-        column = x[..., key0] - means[..., None]
-        out["sink"] = _gram(column)
+    if key0_values is not None:
+        out["sink"] = _gram(key0_values - means[..., None])
     return out
 
 

@@ -230,6 +230,7 @@ class _WindowState:
         self.rows, self.cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
         self.n_visible = np.asarray(n_visible, np.float64)
         self.sums = torch.zeros(n_groups, n_heads, len(self.rows), dtype=torch.float64, device=device)
+        self._reduced = None  # the all-keys reductions, once finalising starts
         self.domains = {}
         for keys in M.KEY_DOMAINS:
             keep = self.cols >= 1 if keys == "bulk" else np.ones(len(self.cols), dtype=bool)
@@ -253,10 +254,34 @@ class _WindowState:
             for part, value in self_terms(x[..., select].cpu(), domain, key0).items():  # PairDomain lives on the CPU
                 self.self_pairs[keys][part].index_add_(0, groups, value.to(self.sums.device))
 
+    def _all_keys(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The P-sized reductions of the group sums on the all-keys domain, computed once: the raw Gram
+        (H, G, G), X^T S (G, H, rows + diagonals) and the values on the key-0 pairs (G, H, K)."""
+        if self._reduced is None:
+            sums = self.sums.cpu()
+            _, domain, key0 = self.domains["all"]
+            self._reduced = (M._gram(sums), domain.sums(sums), sums[..., torch.from_numpy(key0)])
+        return self._reduced
+
     def grams(self, keys: str) -> dict[str, Tensor]:
-        select, domain, key0 = self.domains[keys]
+        """The Grams of one key domain, the group sums S_g playing the prompts (metrics.grams_from_sums).
+
+        The bulk (keys j >= 1) is the all-keys domain without its key-0 pairs, so its reductions are the
+        all-keys ones minus those pairs' terms (raw Gram minus the key-0 values' Gram; each key-0 value
+        taken out of its row sum and its diagonal sum): one pass over the sums serves both domains."""
+        _, domain, _ = self.domains[keys]
         log_counts = np.log(self.n_visible[domain.rows])
-        return M.domain_grams(self.sums[..., select].cpu(), domain, log_counts, key0)  # the group sums S_g play the prompts
+        raw, sums, key0_values = self._all_keys()
+        if keys == "all":
+            return M.grams_from_sums(raw, sums, domain, log_counts, key0_values)
+        full = self.domains["all"][1]
+        key0_pairs = np.flatnonzero(full.cols == 0)
+        row_sums = sums[..., : full.n_rows].index_add(-1, torch.from_numpy(full.row_id[key0_pairs]), -key0_values)
+        diag_sums = sums[..., full.n_rows :].index_add(-1, torch.from_numpy(full.diag_id[key0_pairs]), -key0_values)
+        kept_rows = np.searchsorted(np.unique(full.rows), np.unique(domain.rows))
+        kept_diags = np.searchsorted(np.unique(full.rows - full.cols), np.unique(domain.rows - domain.cols))
+        bulk_sums = torch.cat([row_sums[..., torch.from_numpy(kept_rows)], diag_sums[..., torch.from_numpy(kept_diags)]], -1)
+        return M.grams_from_sums(raw - M._gram(key0_values), bulk_sums, domain, log_counts, None)
 
     def tensors(self) -> list[Tensor]:
         return [self.sums] + [t for parts in self.self_pairs.values() for t in parts.values()]
