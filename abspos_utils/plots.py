@@ -449,15 +449,22 @@ def show_glued() -> None:
         display(GLUED.pop(0))
 
 
-def compact(frame: pd.DataFrame, index: list[str], columns: str = "statistic", name: str = "value",
-            percent: bool = False, first: list[str] | None = None) -> pd.DataFrame:
+def compact(frame: pd.DataFrame, index: list[str], columns: str | None = "statistic",
+            name: str | list[str] = "value", percent: bool = False,
+            first: list[str] | None = None) -> pd.DataFrame:
     """A table of estimates as the book shows them: one cell "value [low, high]" per ``index`` row and
-    ``columns`` value, with the columns ``first`` (e.g. the conclusion) leading."""
+    ``columns`` value, with the columns ``first`` (e.g. the conclusion) leading. With a list of estimate
+    names (and ``columns=None``) each row keeps its ``index`` and gets one cell per estimate instead."""
     from .scorecard import interval_text
 
-    cells = frame.assign(_cell=[interval_text(v, lo, hi, percent) for v, lo, hi in
-                                zip(frame[name], frame[f"{name}_low"], frame[f"{name}_high"])])
-    table = cells.pivot_table(index=index, columns=columns, values="_cell", aggfunc="first", sort=False)
+    def cells(estimate: str) -> list[str]:
+        return [interval_text(v, lo, hi, percent) for v, lo, hi in
+                zip(frame[estimate], frame[f"{estimate}_low"], frame[f"{estimate}_high"])]
+
+    if not isinstance(name, str):
+        return frame[index].assign(**{estimate: cells(estimate) for estimate in name}).reset_index(drop=True)
+    table = frame.assign(_cell=cells(name)).pivot_table(index=index, columns=columns, values="_cell",
+                                                        aggfunc="first", sort=False)
     table.columns.name = None
     table = table.reset_index()
     if first:

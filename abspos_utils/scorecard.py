@@ -342,35 +342,56 @@ def scorecard_figure(card: Scorecard) -> plt.Figure:
 
     A claim a model did not test shows as *not run*; with no verdict at all the grid has one empty
     column, "(no model run)". The figure is made with pyplot: the caller closes it after gluing.
+
+    It keeps the house rules of :mod:`abspos_utils.plots` (drawn at ``plots.DPI``, at most
+    ``plots.MAX_WIDTH_IN`` wide, no text under ``plots.MIN_FONT_PT``: :func:`abspos_utils.plots.finish`),
+    so that at a 1280 px window no text is under 9 px however many models the run has: the columns
+    narrow to fit, and a narrow cell puts "(stand-in)" on a line of its own.
     """
+    from .plots import DPI, MAX_WIDTH_IN, finish
+
     claims = card.claims
     models = sorted(card.table["model"].unique()) or ["(no model run)"]
     grid = {(r.claim, r.model): r.verdict for r in card.per_model.itertuples()}
     stand_in = {(r.claim, r.model) for r in card.per_model.itertuples() if r.strength.startswith(STAND_IN)}
     headline = card.table.dropna(subset=["headline_value"]).groupby(["claim", "model"]).first()
-    fig, ax = plt.subplots(figsize=(1.6 + 1.9 * len(models), 0.45 + 0.55 * len(claims)))
+    width = min(MAX_WIDTH_IN, max(4.0, 0.9 + 1.9 * len(models)))  # 4 inches hold the legend
+    narrow = (width - 0.9) / len(models) < 1.85  # inches per column; "not supported (stand-in)" needs ~1.8
+    height = 0.9 + (0.9 if narrow else 0.6) * len(claims)
+    fig, ax = plt.subplots(figsize=(width, height), dpi=DPI, layout="tight")
     for y, claim in enumerate(claims):
         for x, model in enumerate(models):
             verdict = grid.get((claim, model), NOT_RUN)
             ax.add_patch(plt.Rectangle((x, y), 0.96, 0.92, color=COLOURS.get(verdict, "#ffffff")))
-            label = verdict + (" (stand-in)" if (claim, model) in stand_in else "")
+            label = verdict + (("\n" if narrow else " ") + "(stand-in)" if (claim, model) in stand_in else "")
             if (claim, model) in headline.index:
-                label += (f"\n{headline.loc[(claim, model), 'headline']} = "
-                          f"{show_number(float(headline.loc[(claim, model), 'headline_value']))}")
-            ax.text(x + 0.48, y + 0.46, label, ha="center", va="center", fontsize=8.5,
+                label += (f"\n{headline.loc[(claim, model), 'headline']}" + ("\n= " if narrow else " = ")
+                          + show_number(float(headline.loc[(claim, model), "headline_value"])))
+            ax.text(x + 0.48, y + 0.46, label, ha="center", va="center", fontsize=9,
                     color="black" if verdict in DARK_TEXT else "white")
     ax.set(xlim=(0, len(models)), ylim=(len(claims), 0), xticks=[x + 0.48 for x in range(len(models))],
            yticks=[y + 0.46 for y in range(len(claims))])
-    ax.set_xticklabels(models, fontsize=9)
-    ax.set_yticklabels(claims)
+    per_column = int((width - 0.9) / len(models) * 11)  # characters of 10 pt text a column holds
+    ax.set_xticklabels([_wrap_name(m, per_column) for m in models], fontsize=10)
+    ax.set_yticklabels(claims, fontsize=10)
     ax.tick_params(length=0)
+    ax.grid(False)
     ax.xaxis.tick_top()
     for side in ax.spines.values():
         side.set_visible(False)
     ax.legend(handles=[Patch(color=c, label=v) for v, c in COLOURS.items()], loc="upper center",
-              bbox_to_anchor=(0.5, -0.02), ncol=3, fontsize=9, frameon=False)
-    fig.tight_layout()
-    return fig
+              bbox_to_anchor=(0.5, -0.02), ncol=4 if width >= 6 else 2, fontsize=9, frameon=False)
+    return finish(fig)
+
+
+def _wrap_name(name: str, width: int) -> str:
+    """A model name broken after hyphens so that no line is longer than ``width`` characters (if it can)."""
+    lines = [""]
+    for part in re.split(r"(?<=-)", name):
+        if lines[-1] and len(lines[-1]) + len(part) > width:
+            lines.append("")
+        lines[-1] += part
+    return "\n".join(lines)
 
 
 def status_note(card: Scorecard) -> str:

@@ -93,27 +93,37 @@ for name in run.models:
     stand_in[name] = run.stand_in(loaded, text)
     conditions = {
         "text": (loaded, text),
-        "repeated, no BOS": (loaded, run.prompts(loaded, "repeated", bos="none", n_prompts=4)),
-        "repeated + BOS": (loaded, run.prompts(loaded, "repeated", bos="prepend", n_prompts=4)),
+        "repeated, no BOS": (loaded, run.prompts(
+            loaded, "repeated", bos="none", n_prompts=4)),
+        "repeated + BOS": (loaded, run.prompts(
+            loaded, "repeated", bos="prepend", n_prompts=4)),
         "random init": (run.random_init(loaded), text),
     }
     for condition, (net, prompts) in conditions.items():
         m = run.measure(net, prompts, condition)
         if teaching is None and condition == "text":
-            teaching = (name, m.statistics)  # one real head for the methods page's figure, below
+            # one real head for the methods page's figure, below
+            teaching = (name, m.statistics)
         run.table("rows", metrics.row_statistics(m.statistics))
         run.table("heads", metrics.decomposition_table(m.decomposition))
         run.table("layers", metrics.layer_table(m.decomposition))
-        run.table("headline", metrics.headline_rows(m.decomposition, seed=seed))
-        run.table("headline", metrics.headline_rows(m.decomposition, statistics=("L_res",), windows=("early",),
-                                                    keys=("bulk",), how="ratio", seed=seed))
+        run.table("headline",
+                  metrics.headline_rows(m.decomposition, seed=seed))
+        run.table("headline", metrics.headline_rows(
+            m.decomposition, statistics=("L_res",), windows=("early",),
+            keys=("bulk",), how="ratio", seed=seed))
         run.table("sink_curve", metrics.sink_curve(m.statistics))
-        run.table("sink_rate", metrics.sink_rate_row(m.statistics, seed=seed))
+        run.table("sink_rate",
+                  metrics.sink_rate_row(m.statistics, seed=seed))
+        run.table("linear_delta_r2", metrics.linear_table(m.statistics))
         if condition in ("text", "random init"):
-            run.table("stabilizer", metrics.stabilizer_rows(m.statistics, seed=seed))
-            run.table("stabilizer_heads", metrics.stabilizer_table(m.statistics))
+            run.table("stabilizer",
+                      metrics.stabilizer_rows(m.statistics, seed=seed))
+            run.table("stabilizer_heads",
+                      metrics.stabilizer_table(m.statistics))
 
-rows, layers, headline = run.get("rows"), run.get("layers"), run.get("headline")
+rows, layers, headline = (run.get("rows"), run.get("layers"),
+                          run.get("headline"))
 
 # %% [markdown]
 # ## One head, split into its parts
@@ -154,10 +164,14 @@ plots.glued("fig_matrix_split", plots.matrix_split(one_head, title),
 
 # %% tags=["hide-input"]
 for k, name in enumerate(stand_in):
-    count = rows[(rows.model == name) & (rows["query"] >= 1)].drop_duplicates("query")
+    count = rows[(rows.model == name)
+                 & (rows["query"] >= 1)].drop_duplicates("query")
     plots.glued(f"fig_logz_{k}", plots.row_profile(
-        rows[rows.model == name], "log_z", None, "log Z_i [nats]", f"{name}: log-partition function by query",
-        extra=("log n_i", pd.DataFrame({"query": count["query"], "value": np.log(count["n_visible"])}))))
+        rows[rows.model == name], "log_z", None, "log Z_i [nats]",
+        f"{name}: log-partition function by query",
+        extra=("log n_i", pd.DataFrame({
+            "query": count["query"],
+            "value": np.log(count["n_visible"])}))))
 
 # %% [markdown]
 # ```{glue:figure} fig_logz_0
@@ -183,13 +197,17 @@ for k, name in enumerate(stand_in):
 # %% tags=["hide-input"]
 curves = run.get("sink_curve")
 for k, name in enumerate(stand_in):
-    plots.glued(f"fig_entropy_{k}", plots.row_profile(rows[rows.model == name], "entropy", "uniform_entropy",
-                                                       "row entropy [nats]", f"{name}: attention entropy by query"))
-    data = curves[curves.model == name].rename(columns={"key0_weight": "a_i0"})
-    plots.glued(f"fig_key0_{k}", plots.row_profile(data, "a_i0", "uniform", "a_i0 (mean over heads)",
-                                                    f"{name}: mass on key 0"))
+    plots.glued(f"fig_entropy_{k}", plots.row_profile(
+        rows[rows.model == name], "entropy", "uniform_entropy",
+        "row entropy [nats]", f"{name}: attention entropy by query"))
+    data = curves[curves.model == name].rename(
+        columns={"key0_weight": "a_i0"})
+    plots.glued(f"fig_key0_{k}", plots.row_profile(
+        data, "a_i0", "uniform", "a_i0 (mean over heads)",
+        f"{name}: mass on key 0"))
 text_curves = curves[curves.condition == "text"]
-plots.glued("fig_sink_column", plots.sink_column(text_curves), file=run.output_dir / "sink_column.png")
+plots.glued("fig_sink_column", plots.sink_column(text_curves),
+            file=run.output_dir / "sink_column.png")
 
 # %% [markdown]
 # ```{glue:figure} fig_entropy_0
@@ -231,8 +249,9 @@ plots.glued("fig_sink_column", plots.sink_column(text_curves), file=run.output_d
 
 # %% tags=["hide-input"]
 for k, name in enumerate(stand_in):
-    plots.glued(f"fig_components_{k}", plots.components_by_layer(layers[layers.model == name],
-                                                                  title=f"{name}: position components"))
+    plots.glued(f"fig_components_{k}", plots.components_by_layer(
+        layers[layers.model == name],
+        title=f"{name}: position components"))
 
 # %% [markdown]
 # ```{glue:figure} fig_components_0
@@ -260,8 +279,27 @@ for k, name in enumerate(stand_in):
 # shares for every layer and head are in `heads.parquet` in the output folder.
 
 # %% tags=["hide-input"]
-display(plots.compact(headline[headline["aggregate"] == "median"], ["model", "condition", "window", "keys"]))
-display(plots.compact(run.get("sink_rate"), ["model"], "condition", name="sink_rate"))
+display(plots.compact(headline[headline["aggregate"] == "median"],
+                      ["model", "condition", "window", "keys"]))
+display(plots.compact(run.get("sink_rate"), ["model"], "condition",
+                      name="sink_rate"))
+
+# %% [markdown]
+# ## Linear ΔR², for comparison
+#
+# The convention of the authors' earlier work: per prompt and head, the $R^2$ gained by regressing $y$ on
+# $[1, i, j]$ instead of $[1, i - j]$, on the full bulk triangle $1 \le j \le i <$ `early_end` (the only
+# domain where it is zero for every purely relative $y$; see the {ref}`methods <m-linear>`), for the scores
+# $s$ and the log-weights $\log a$; medians over all heads of the per-head means over prompts. The repeated
+# token without BOS is its zero control: there $s$ is exactly a function of $i - j$.
+
+# %% tags=["hide-input"]
+linear = run.get("linear_delta_r2")
+if len(linear):
+    linear_medians = (linear.groupby(["model", "condition", "quantity"],
+                                     sort=False)["delta_r2"]
+                      .median().unstack("quantity").reset_index())
+    display(linear_medians)
 
 # %% [markdown]
 # ## The sink as a stabilizer
@@ -279,8 +317,11 @@ display(plots.compact(run.get("sink_rate"), ["model"], "condition", name="sink_r
 # this, so it carries no verdict.
 
 # %% tags=["hide-input"]
-plots.glued("fig_stabilizer", plots.stabilizer(run.get("stabilizer_heads"), metrics.SINK_EPSILON))
-display(plots.compact(run.get("stabilizer"), ["model", "condition", "window"], "heads", name="cancelled"))
+plots.glued("fig_stabilizer", plots.stabilizer(
+    run.get("stabilizer_heads"), metrics.SINK_EPSILON))
+display(plots.compact(run.get("stabilizer"),
+                      ["model", "condition", "window"], "heads",
+                      name="cancelled"))
 
 # %% [markdown]
 # ```{glue:figure} fig_stabilizer
@@ -309,19 +350,27 @@ curve_model = next(iter(stand_in), None)
 if curve_model is not None:
     loaded = run.model(curve_model)
     for prompt_seed in curve_seeds:
-        prompts = run.prompts(loaded, bos="prepend", n_prompts=max(curve_n_prompts), seq_len=early_end + 8,
-                              seed=prompt_seed)
-        full = run.measure(loaded, prompts, f"text + BOS, prompt seed {prompt_seed}").decomposition
+        prompts = run.prompts(loaded, bos="prepend",
+                              n_prompts=max(curve_n_prompts),
+                              seq_len=early_end + 8, seed=prompt_seed)
+        full = run.measure(
+            loaded, prompts, f"text + BOS, prompt seed {prompt_seed}",
+            statistics=()).decomposition  # the decomposition only
         for n in curve_n_prompts:
             for how in ("median", "ratio"):
-                curve_rows.append(dict(model=curve_model, prompt_seed=prompt_seed, n_prompts=n, statistic="L_res",
-                                       window="early", keys="bulk", aggregate=how,
-                                       **metrics.headline(metrics.first_prompts(full, n), "L_res", "early", "bulk",
-                                                          how, seed=seed).columns()))
+                curve_rows.append(dict(
+                    model=curve_model, prompt_seed=prompt_seed,
+                    n_prompts=n, statistic="L_res", window="early",
+                    keys="bulk", aggregate=how,
+                    **metrics.headline(metrics.first_prompts(full, n),
+                                       "L_res", "early", "bulk", how,
+                                       seed=seed).columns()))
     curve = run.table("n_prompts_curve", curve_rows)
-    plots.glued("n_prompts_curve", plots.by_prompts(curve, f"{curve_model}: L_res (early, keys j ≥ 1) against N"),
-                file=run.output_dir / "n_prompts_curve.png")
-    display(plots.compact(curve, ["aggregate", "prompt_seed"], "n_prompts"))
+    plots.glued("n_prompts_curve", plots.by_prompts(
+        curve, f"{curve_model}: L_res (early, keys j ≥ 1) against N"),
+        file=run.output_dir / "n_prompts_curve.png")
+    display(plots.compact(curve, ["aggregate", "prompt_seed"],
+                          "n_prompts"))
 
 # %% [markdown]
 # ```{glue:figure} n_prompts_curve
@@ -340,18 +389,23 @@ if curve_model is not None:
 
 # %%
 def number(condition, statistic, window="early", how="median"):
-    """The headline estimate as written to headline.parquet (keys j >= 1)."""
-    return run.estimate("headline", model=name, condition=condition, statistic=statistic, window=window,
-                        keys="bulk", aggregate=how)
+    """The headline estimate as written to headline.parquet
+    (keys j >= 1)."""
+    return run.estimate("headline", model=name, condition=condition,
+                        statistic=statistic, window=window, keys="bulk",
+                        aggregate=how)
 
 
-roles = dict(zip(("smollm2", "gemma"), stand_in))  # the parts the models play in the prose below
+# the parts the models play in the prose below
+roles = dict(zip(("smollm2", "gemma"), stand_in))
 for name in stand_in:
-    run.verdict(claims.c1_absolute_position(name, number("text", "L_abs"), number("text", "L_abs", "late"),
-                                            stand_in=stand_in[name]))
-    run.verdict(claims.c2_mask(name, number("repeated, no BOS", "L_mask"),
-                               number("repeated, no BOS", "L_res", how="ratio"), number("text", "L_mask_count"),
-                               stand_in=stand_in[name]))
+    run.verdict(claims.c1_absolute_position(
+        name, number("text", "L_abs"), number("text", "L_abs", "late"),
+        stand_in=stand_in[name]))
+    run.verdict(claims.c2_mask(
+        name, number("repeated, no BOS", "L_mask"),
+        number("repeated, no BOS", "L_res", how="ratio"),
+        number("text", "L_mask_count"), stand_in=stand_in[name]))
 verdicts = run.finish()
 glue("verdicts_01", verdicts, display=False)
 glue("summary_01", run.summary_text(), display=False)
@@ -383,6 +437,13 @@ for role in ("smollm2", "gemma"):
     peak = text_layers.loc[text_layers.L_res.idxmax()] if len(text_layers) else None
     glue(f"c1_{role}_peak_layer", "n/a" if peak is None else f"{int(peak.layer)} ({peak.layer_kind} attention)",
          display=False)
+    for condition in ("text", "repeated, no BOS"):
+        for quantity in ("s", "log_a"):
+            values = linear[(linear.model == name) & (linear.condition == condition)
+                            & (linear.quantity == quantity)]["delta_r2"] if len(linear) else []
+            short = "text" if condition == "text" else "control"
+            glue(f"c1_{role}_delta_r2_{quantity}_{short}",
+                 f"{values.median():.3f}" if len(values) else "not measured in this run", display=False)
 
 # %% tags=["remove-input"]
 run.prose_note(("C1", "C2"))

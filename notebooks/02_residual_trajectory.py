@@ -75,23 +75,32 @@ for name in run.models:
     conditions = {
         "BOS first": run.prompts(loaded, bos="prepend"),
         "text token first": run.prompts(loaded, bos="none"),
-        "repeated, no BOS": run.prompts(loaded, "repeated", bos="none", n_prompts=8),
-        "repeated + BOS": run.prompts(loaded, "repeated", bos="prepend", n_prompts=8),
+        "repeated, no BOS": run.prompts(loaded, "repeated", bos="none",
+                                        n_prompts=8),
+        "repeated + BOS": run.prompts(loaded, "repeated", bos="prepend",
+                                      n_prompts=8),
     }
     stand_in[name] = run.stand_in(loaded, conditions["BOS first"])
     for condition, prompts in conditions.items():
-        m = measured[condition] = run.measure(loaded, prompts, condition)
+        m = measured[condition] = run.measure(loaded, prompts,
+                                              condition)
         run.table("layers", metrics.layer_table(m.decomposition))
-        run.table("headline", metrics.headline_rows(m.decomposition, statistics=("L_res",), seed=seed))
+        run.table("headline", metrics.headline_rows(
+            m.decomposition, statistics=("L_res",), seed=seed))
         if condition in ("BOS first", "text token first"):
-            run.table("trajectory", metrics.trajectory_table(m.statistics))
-            run.table("probe", metrics.position_probe(m.statistics, seed=seed))
+            run.table("trajectory",
+                      metrics.trajectory_table(m.statistics))
+            run.table("probe",
+                      metrics.position_probe(m.statistics, seed=seed))
             run.table("sinks", metrics.sink_table(m.statistics))
-            run.table("sink_rate", metrics.sink_rate_row(m.statistics, seed=seed))
-    run.table("transfer", metrics.compare_row(measured["repeated, no BOS"].decomposition,
-                                              measured["repeated + BOS"].decomposition, "L_res", "early", "bulk",
-                                              seed=seed))
-trajectory, probe, sinks = run.get("trajectory"), run.get("probe"), run.get("sinks")
+            run.table("sink_rate",
+                      metrics.sink_rate_row(m.statistics, seed=seed))
+    run.table("transfer", metrics.compare_row(
+        measured["repeated, no BOS"].decomposition,
+        measured["repeated + BOS"].decomposition,
+        "L_res", "early", "bulk", seed=seed))
+trajectory, probe, sinks = (run.get("trajectory"), run.get("probe"),
+                            run.get("sinks"))
 
 # %% [markdown]
 # ## The position-0 trajectory
@@ -104,7 +113,8 @@ trajectory, probe, sinks = run.get("trajectory"), run.get("probe"), run.get("sin
 for k, name in enumerate(stand_in):
     plots.glued(f"fig_trajectory_{k}", plots.by_depth(
         trajectory[trajectory.model == name],
-        {"norm": "‖h_0‖", "cosine_prev": "cos to previous depth", "relative_spread": "spread / norm"},
+        {"norm": "‖h_0‖", "cosine_prev": "cos to previous depth",
+         "relative_spread": "spread / norm"},
         title=f"{name}: the residual stream at position 0"))
 
 # %% [markdown]
@@ -128,9 +138,11 @@ for k, name in enumerate(stand_in):
 # the position-0 stream in trained models.
 
 # %% tags=["hide-input"]
-deepest = trajectory.sort_values("depth").groupby(["model", "condition"]).tail(1)
+deepest = trajectory.sort_values("depth").groupby(
+    ["model", "condition"]).tail(1)
 display(deepest.assign(massive_dim=deepest.massive_dim.astype(int))[
-    ["model", "condition", "depth", "massive_value", "massive_dim", "median_abs", "relative_spread"]].round(4))
+    ["model", "condition", "depth", "massive_value", "massive_dim",
+     "median_abs", "relative_spread"]].round(4))
 
 # %% [markdown]
 # ## Where absolute position becomes readable
@@ -140,8 +152,9 @@ display(deepest.assign(massive_dim=deepest.massive_dim.astype(int))[
 # written by attention.
 
 # %% tags=["hide-input"]
-plots.glued("fig_probe", plots.by_depth(probe, {"probe_r2": "held-out R²"}, hue="model",
-                                        title="Linear probe of absolute position"))
+plots.glued("fig_probe", plots.by_depth(
+    probe, {"probe_r2": "held-out R²"}, hue="model",
+    title="Linear probe of absolute position"))
 
 # %% [markdown]
 # ```{glue:figure} fig_probe
@@ -159,9 +172,11 @@ plots.glued("fig_probe", plots.by_depth(probe, {"probe_r2": "held-out R²"}, hue
 # $\varepsilon = 0.3$ are sink-reading.
 
 # %% tags=["hide-input"]
-plots.glued("fig_sink_heads_02", plots.head_heatmap(sinks[sinks.condition == "BOS first"], "sink_score",
-                                                    "Sink score per head (BOS first)", "mean a_i0", 0, 1, col="model"))
-display(plots.compact(run.get("sink_rate"), ["model"], "condition", name="sink_rate"))
+plots.glued("fig_sink_heads_02", plots.head_heatmap(
+    sinks[sinks.condition == "BOS first"], "sink_score",
+    "Sink score per head (BOS first)", "mean a_i0", 0, 1, col="model"))
+display(plots.compact(run.get("sink_rate"), ["model"], "condition",
+                      name="sink_rate"))
 
 # %% [markdown]
 # ```{glue:figure} fig_sink_heads_02
@@ -180,8 +195,10 @@ display(plots.compact(run.get("sink_rate"), ["model"], "condition", name="sink_r
 
 # %% tags=["hide-input"]
 headline = run.get("headline")
-display(plots.compact(headline[headline["aggregate"] == "median"].assign(where=headline["window"] + ", " + headline["keys"]),
-                      ["model", "condition"], "where"))
+display(plots.compact(
+    headline[headline["aggregate"] == "median"].assign(
+        where=headline["window"] + ", " + headline["keys"]),
+    ["model", "condition"], "where"))
 
 # %% [markdown]
 # ## Verdicts
@@ -195,10 +212,15 @@ roles = dict(zip(("smollm2", "gemma"), stand_in))
 for name in stand_in:
     traj = trajectory[trajectory.model == name]
     run.verdict(claims.c3_residual(
-        name, float(traj[traj.condition == "BOS first"].relative_spread.max()),
-        float(traj[traj.condition == "text token first"].relative_spread.max()),
-        run.estimate("sink_rate", "sink_rate", model=name, condition="BOS first"),
-        run.comparison("transfer", model=name), stand_in=stand_in[name]))
+        name,
+        float(traj[traj.condition == "BOS first"]
+              .relative_spread.max()),
+        float(traj[traj.condition == "text token first"]
+              .relative_spread.max()),
+        run.estimate("sink_rate", "sink_rate", model=name,
+                     condition="BOS first"),
+        run.comparison("transfer", model=name),
+        stand_in=stand_in[name]))
 verdicts = run.finish()
 glue("verdicts_02", verdicts, display=False)
 glue("summary_02", run.summary_text(), display=False)

@@ -72,17 +72,25 @@ for name in run.models:
     run.require_bos(prompts, name)
     stand_in[name] = run.stand_in(loaded, prompts)
     original = run.measure(loaded, prompts, "original", with_loss=True)
-    run.table("sink_rate", metrics.sink_rate_row(original.statistics, seed=seed))
-    run.table("loss", metrics.next_token_loss_row(original.statistics, seed=seed))
+    run.table("sink_rate",
+              metrics.sink_rate_row(original.statistics, seed=seed))
+    run.table("loss", metrics.next_token_loss_row(original.statistics,
+                                                  seed=seed))
     for kind in run.POSITION0_KINDS:
-        intervention = run.position0(loaded, prompts, kind, token=replacement_token)
-        replaced = run.measure(loaded, prompts, intervention.label, intervention, with_loss=True)
+        intervention = run.position0(loaded, prompts, kind,
+                                     token=replacement_token)
+        replaced = run.measure(loaded, prompts, intervention.label,
+                               intervention, with_loss=True)
         for keys in ("bulk", "all"):
-            run.table("removed_share", metrics.compare_row(original.decomposition, replaced.decomposition, "L_res",
-                                                           "early", keys, seed=seed))
-        run.table("sink_change", metrics.compare_sink_rate_row(original.statistics, replaced.statistics, seed=seed))
-        run.table("sink_rate", metrics.sink_rate_row(replaced.statistics, seed=seed))
-        run.table("loss", metrics.next_token_loss_row(replaced.statistics, seed=seed))
+            run.table("removed_share", metrics.compare_row(
+                original.decomposition, replaced.decomposition, "L_res",
+                "early", keys, seed=seed))
+        run.table("sink_change", metrics.compare_sink_rate_row(
+            original.statistics, replaced.statistics, seed=seed))
+        run.table("sink_rate",
+                  metrics.sink_rate_row(replaced.statistics, seed=seed))
+        run.table("loss", metrics.next_token_loss_row(
+            replaced.statistics, seed=seed))
 removed = run.get("removed_share")
 
 # %% [markdown]
@@ -98,12 +106,17 @@ removed = run.get("removed_share")
 for keys, label in (("bulk", "keys j ≥ 1"), ("all", "all keys")):
     data = removed[removed["keys"] == keys]
     plots.glued(f"fig_removed_{keys}", plots.intervals(
-        data, "after", hue="model", estimate="removed_share", reference=claims.PAPER_REMOVED_SHARE,
+        data, "after", hue="model", estimate="removed_share",
+        reference=claims.PAPER_REMOVED_SHARE,
         reference_label="paper: 40%", percent=True, clip=(-2.0, 2.0),
-        xlabel=f"removed share of L_res, early queries ({label})", title=f"Removed share ({label})"))
-shown = plots.compact(removed, ["model", "after", "keys"], "statistic", name="removed_share", percent=True)
-display(shown.merge(removed[["model", "after", "keys", "removed_share_note"]]).rename(
-    columns={"L_res": "removed share of L_res", "removed_share_note": "note"}))
+        xlabel=f"removed share of L_res, early queries ({label})",
+        title=f"Removed share ({label})"))
+shown = plots.compact(removed, ["model", "after", "keys"], "statistic",
+                      name="removed_share", percent=True)
+display(shown.merge(
+    removed[["model", "after", "keys", "removed_share_note"]]).rename(
+    columns={"L_res": "removed share of L_res",
+             "removed_share_note": "note"}))
 
 # %% [markdown]
 # ```{glue:figure} fig_removed_bulk
@@ -131,13 +144,18 @@ display(shown.merge(removed[["model", "after", "keys", "removed_share_note"]]).r
 
 # %% tags=["hide-input"]
 rates = run.get("sink_rate")
-plots.glued("fig_sink_rate_04", plots.intervals(rates, "condition", hue="model",
-            xlabel=f"sink rate (ε = {metrics.SINK_EPSILON}, T = {seq_len})", title="Sink rate under each replacement"))
+plots.glued("fig_sink_rate_04", plots.intervals(
+    rates, "condition", hue="model",
+    xlabel=f"sink rate (ε = {metrics.SINK_EPSILON}, T = {seq_len})",
+    title="Sink rate under each replacement"))
 loss = run.get("loss")
-plots.glued("fig_loss_04", plots.intervals(loss, "condition", hue="model", xlabel="next-token loss [nats per token]",
-                                           title="Next-token loss under each replacement"))
-display(plots.compact(run.get("sink_change").assign(statistic="change of the sink rate"), ["model", "after"],
-                      name="difference"))
+plots.glued("fig_loss_04", plots.intervals(
+    loss, "condition", hue="model",
+    xlabel="next-token loss [nats per token]",
+    title="Next-token loss under each replacement"))
+display(plots.compact(
+    run.get("sink_change").assign(statistic="change of the sink rate"),
+    ["model", "after"], name="difference"))
 
 # %% [markdown]
 # ```{glue:figure} fig_sink_rate_04
@@ -166,9 +184,13 @@ display(plots.compact(run.get("sink_change").assign(statistic="change of the sin
 roles = dict(zip(("smollm2", "gemma"), stand_in))
 for name in stand_in:
     mine = removed[removed.model == name]
-    by_domain = {keys: {after: run.comparison("removed_share", model=name, after=after, keys=keys)
-                        for after in mine.loc[mine["keys"] == keys, "after"]} for keys in ("bulk", "all")}
-    run.verdict(claims.c5_bos_replacement(name, by_domain, stand_in=stand_in[name]))
+    by_domain = {
+        keys: {after: run.comparison("removed_share", model=name,
+                                     after=after, keys=keys)
+               for after in mine.loc[mine["keys"] == keys, "after"]}
+        for keys in ("bulk", "all")}
+    run.verdict(claims.c5_bos_replacement(name, by_domain,
+                                          stand_in=stand_in[name]))
 verdicts = run.finish()
 glue("verdicts_04", verdicts, display=False)
 glue("summary_04", run.summary_text(), display=False)

@@ -71,18 +71,24 @@ for name in run.models:
     bos_first = run.prompts(loaded, bos="prepend")
     stand_in[name] = run.stand_in(loaded, bos_first)
     text_first = run.prompts(loaded, bos="none")
-    fixed_first = run.first_tokens(loaded, text_first, fixed_first_token, "fixed first token")
-    conditions = {"BOS first": (bos_first, None), "text token first": (text_first, None),
+    fixed_first = run.first_tokens(
+        loaded, text_first, fixed_first_token, "fixed first token")
+    conditions = {"BOS first": (bos_first, None),
+                  "text token first": (text_first, None),
                   f"{fixed_first_token!r} first": (fixed_first, None),
-                  "BOS → random tokens": (bos_first, run.position0(loaded, bos_first, "random_tokens"))}
+                  "BOS → random tokens": (bos_first, run.position0(
+                      loaded, bos_first, "random_tokens"))}
     captured = {}
     for condition, (prompts, intervention) in conditions.items():
-        stats = captured[condition] = run.measure(loaded, prompts, condition, intervention, decompose=False).statistics
+        stats = captured[condition] = run.measure(
+            loaded, prompts, condition, intervention,
+            decompose=False).statistics
         run.table("sinks", metrics.sink_table(stats))
         run.table("sink_rate", metrics.sink_rate_row(stats, seed=seed))
         run.table("fingerprints", metrics.fingerprint_table(stats))
     for after in ("text token first", "BOS → random tokens"):
-        run.table("sink_change", metrics.compare_sink_rate_row(captured["BOS first"], captured[after], seed=seed))
+        run.table("sink_change", metrics.compare_sink_rate_row(
+            captured["BOS first"], captured[after], seed=seed))
 sinks, fingerprints = run.get("sinks"), run.get("fingerprints")
 
 # %% [markdown]
@@ -93,11 +99,14 @@ sinks, fingerprints = run.get("sinks"), run.get("fingerprints")
 # %% tags=["hide-input"]
 reading = {}
 for name in stand_in:
-    table = sinks[(sinks.model == name) & (sinks.condition == "BOS first")]
+    table = sinks[(sinks.model == name)
+                  & (sinks.condition == "BOS first")]
     reading[name] = metrics.sink_reading_heads(table)
-    print(f"{name}: {int(reading[name].above_epsilon.sum())} sink-reading heads of {len(table)}")
-plots.glued("fig_sink_heads_05", plots.head_heatmap(sinks[sinks.condition == "BOS first"], "sink_score",
-                                                    "Sink score per head (BOS first)", "mean a_i0", 0, 1, col="model"))
+    print(f"{name}: {int(reading[name].above_epsilon.sum())} "
+          f"sink-reading heads of {len(table)}")
+plots.glued("fig_sink_heads_05", plots.head_heatmap(
+    sinks[sinks.condition == "BOS first"], "sink_score",
+    "Sink score per head (BOS first)", "mean a_i0", 0, 1, col="model"))
 
 # %% [markdown]
 # ```{glue:figure} fig_sink_heads_05
@@ -117,15 +126,22 @@ plots.glued("fig_sink_heads_05", plots.head_heatmap(sinks[sinks.condition == "BO
 rows = []
 for name in stand_in:
     heads = reading[name][["layer", "head"]]
-    for condition in fingerprints[fingerprints.model == name].condition.unique():
-        table = fingerprints[(fingerprints.model == name) & (fingerprints.condition == condition)].merge(heads)
-        rows.append(dict(model=name, condition=condition, mean_cosine=table.fingerprint_cosine.mean(),
-                         min_cosine=table.fingerprint_cosine.min(), heads=len(table)))
+    for condition in (fingerprints[fingerprints.model == name]
+                      .condition.unique()):
+        table = fingerprints[(fingerprints.model == name)
+                             & (fingerprints.condition == condition)
+                             ].merge(heads)
+        rows.append(dict(model=name, condition=condition,
+                         mean_cosine=table.fingerprint_cosine.mean(),
+                         min_cosine=table.fingerprint_cosine.min(),
+                         heads=len(table)))
 similarity = run.table("fingerprint_similarity", rows)
 display(similarity.round(4))
 plots.glued("fig_fingerprint_cosine", plots.head_heatmap(
-    fingerprints[fingerprints.condition == "text token first"], "fingerprint_cosine",
-    "Fingerprint cosine across prompts, text token first", "mean pairwise cosine", -1, 1, cmap="vlag", col="model"))
+    fingerprints[fingerprints.condition == "text token first"],
+    "fingerprint_cosine",
+    "Fingerprint cosine across prompts, text token first",
+    "mean pairwise cosine", -1, 1, cmap="vlag", col="model"))
 
 # %% [markdown]
 # ```{glue:figure} fig_fingerprint_cosine
@@ -144,16 +160,21 @@ plots.glued("fig_fingerprint_cosine", plots.head_heatmap(
 # the paired change from BOS first to the text token first and to random-token replacement.
 
 # %% tags=["hide-input"]
-plots.glued("fig_sink_rate_05", plots.intervals(run.get("sink_rate"), "condition", hue="model",
-            xlabel=f"sink rate (ε = {metrics.SINK_EPSILON}, T = {seq_len})", title="Sink rate by what sits at position 0"))
+plots.glued("fig_sink_rate_05", plots.intervals(
+    run.get("sink_rate"), "condition", hue="model",
+    xlabel=f"sink rate (ε = {metrics.SINK_EPSILON}, T = {seq_len})",
+    title="Sink rate by what sits at position 0"))
 changes = run.get("sink_change")
-anchored = (changes.difference_high < 0) & (changes.value_after < 0.5 * changes.value_before)
-anchoring = changes.assign(anchoring=anchored.map({True: "BOS-anchored",
-                                                   False: "anchored to whatever token comes first"}).where(
-                               changes["after"] == "text token first", ""))
+anchored = ((changes.difference_high < 0)
+            & (changes.value_after < 0.5 * changes.value_before))
+anchoring = changes.assign(anchoring=anchored.map({
+    True: "BOS-anchored",
+    False: "anchored to whatever token comes first"}).where(
+        changes["after"] == "text token first", ""))
 anchoring = run.table("anchoring", anchoring)
-display(plots.compact(anchoring.assign(statistic="change of the sink rate"), ["anchoring", "model", "after"],
-                      name="difference"))
+display(plots.compact(
+    anchoring.assign(statistic="change of the sink rate"),
+    ["anchoring", "model", "after"], name="difference"))
 
 # %% [markdown]
 # ```{glue:figure} fig_sink_rate_05
@@ -171,11 +192,14 @@ display(plots.compact(anchoring.assign(statistic="change of the sink rate"), ["a
 # %%
 roles = dict(zip(("smollm2", "gemma"), stand_in))
 for name in stand_in:
-    sim = similarity[similarity.model == name].set_index("condition").mean_cosine
-    run.verdict(claims.c6_fingerprint(name, float(sim["BOS first"]), float(sim["text token first"]),
-                                      float(sim[f"{fixed_first_token!r} first"]),
-                                      run.comparison("sink_change", model=name, after="BOS → random tokens"),
-                                      stand_in=stand_in[name]))
+    sim = similarity[similarity.model == name].set_index(
+        "condition").mean_cosine
+    run.verdict(claims.c6_fingerprint(
+        name, float(sim["BOS first"]), float(sim["text token first"]),
+        float(sim[f"{fixed_first_token!r} first"]),
+        run.comparison("sink_change", model=name,
+                       after="BOS → random tokens"),
+        stand_in=stand_in[name]))
 verdicts = run.finish()
 glue("verdicts_05", verdicts, display=False)
 glue("summary_05", run.summary_text(), display=False)

@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from abspos_utils import Experiment
+from abspos_utils import Experiment, plots
 
 # %% tags=["remove-cell"]
 run = Experiment.from_parameters("06_scorecard", globals())
@@ -42,9 +42,11 @@ for key, value in card.glue_values().items():
     glue(key, value, display=False)
 
 # %% tags=["remove-cell"]
-# The figure: claims down, models across, one colour per (combined) verdict.
+# The figure: claims down, models across, one colour per (combined) verdict. It is also saved as a PNG
+# for the introduction, which shows it as a numbered figure of its own.
 fig = card.figure()
 glue("scorecard_figure", fig, display=False)
+fig.savefig(run.output_dir / "scorecard.png", dpi=plots.DPI)
 
 # %% tags=["remove-cell"]
 # The figure and the "In words" counts as plain outputs, for reading the notebook in JupyterLab.

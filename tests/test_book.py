@@ -9,21 +9,31 @@ built HTML. Nothing is written into the repository except MathJax, vendored once
 ``book/_vendor/`` by ``book/vendor_mathjax.sh``, and the browser screenshots, which are copied to
 ``_build/screenshots/`` for a person to look at.
 
+Two checks need no build and fail in seconds: no code line the book shows (code cells of ``notebooks/*.py``,
+code blocks of ``book/*.md``) is longer than ``CODE_COLUMNS``, what a code column holds at a 1280 px window
+(``pytest tests/test_book.py -k code_lines_of``). In the built site, headless Chromium checks that no code
+block scrolls sideways on any page, and each chapter's download menu offers its ``.py`` source.
+
 To run only these tests: ``pytest tests/test_book.py`` (they are marked ``slow``; about two minutes on two
 CPU cores, most of it executing the notebooks on the tiny model).
 """
 
 from __future__ import annotations
 
+import functools
+import http.server
+import json
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import urllib.request
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urljoin, urlparse
 
 import nbformat
 import pandas as pd
@@ -331,7 +341,8 @@ def _page_text(page: Path) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", html)).replace("&#8212;", "—")
 
 
-FIGURE_PAGES = [f"book/findings/{name}.html" for name in FINDINGS] + ["book/methods.html", "book/background.html"]
+FIGURE_PAGES = ([f"book/findings/{name}.html" for name in FINDINGS]
+                + ["book/intro.html", "book/methods.html", "book/background.html"])
 
 
 @pytest.mark.parametrize("name", FIGURE_PAGES)
@@ -402,14 +413,211 @@ def test_no_console_errors(book: BuiltBook, name: str) -> None:
     assert not bad, f"{name}: console errors:\n" + "\n".join(bad)
 
 
+def _png_dpi(path: Path) -> float | None:
+    """The resolution a PNG was saved at (its pHYs chunk), or None."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        dpi = image.info.get("dpi")
+    return float(dpi[0]) if dpi else None
+
+
 @pytest.mark.parametrize("name", [f"book/findings/{FINDINGS[0]}.html", f"book/findings/{FINDINGS[2]}.html",
-                                  "book/methods.html"])
+                                  f"book/findings/{SCORECARD}.html", "book/intro.html", "book/methods.html"])
 def test_figure_text_is_at_least_9px_at_1280(book: BuiltBook, name: str) -> None:
-    """A computed bound: plots.py keeps every text at MIN_FONT_PT or more at DPI, so the smallest text on
-    screen is MIN_FONT_PT * DPI / 72 * (rendered width / natural width)."""
+    """A computed bound: plots.py keeps every text at MIN_FONT_PT or more (the scorecard's grid too, which
+    goes through plots.finish), so the smallest text on screen is MIN_FONT_PT * dpi / 72 * (rendered width /
+    natural width), with the dpi the PNG was saved at."""
     from abspos_utils import plots
 
-    scales = _image_scales(book, book.html / name, name.replace("/", "_"))
-    small = {src: round(plots.MIN_FONT_PT * plots.DPI / 72 * rendered / natural, 1)
-             for src, (natural, rendered) in scales.items() if natural and "scorecard" not in src}
+    page = book.html / name
+    scales = _image_scales(book, page, name.replace("/", "_"))
+    small = {}
+    for src, (natural, rendered) in scales.items():
+        dpi = _png_dpi((page.parent / unquote(urlparse(src).path)).resolve()) or plots.DPI
+        if natural:
+            small[src] = round(plots.MIN_FONT_PT * dpi / 72 * rendered / natural, 1)
     assert small and all(px >= 9 for px in small.values()), f"{name}: text under 9 px: {small}"
+
+
+def test_scorecard_figure_keeps_the_house_rules(book: BuiltBook) -> None:
+    """The bound above holds for the scorecard's grid only if it keeps the rules of plots.finish."""
+    import matplotlib.pyplot as plt
+
+    from abspos_utils import plots
+    from abspos_utils.scorecard import load_scorecard
+
+    fig = load_scorecard(book.root / "book" / "findings").figure()
+    try:
+        assert plots.smallest_font(fig) >= plots.MIN_FONT_PT, "the scorecard has text under MIN_FONT_PT"
+        assert fig.get_size_inches()[0] <= plots.MAX_WIDTH_IN + 1e-9 and fig.dpi == plots.DPI
+    finally:
+        plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Code fits its column; each chapter's .py source is in its page's download menu
+# ---------------------------------------------------------------------------------------------------
+
+#: The longest code line that fits a code cell's column at a 1280 px window. Measured in headless
+#: Chromium on the built site (test_no_code_line_overflows_its_column_at_1280 measures it again): the
+#: theme sets code in 14 px monospace (DejaVu Sans Mono here, 8.43 px a character) and the narrowest code
+#: block, a hide-input cell's, has 622 px inside its padding, so 73.8 characters fit; 72 leaves a margin
+#: for fonts a little wider.
+CODE_COLUMNS = 72
+CHAPTER_SOURCES = [*FINDINGS, SCORECARD]
+
+
+def _shown_code_lines(source: Path) -> list[tuple[int, str]]:
+    """(cell number, line) of every code line the book shows: code cells not tagged remove-cell or
+    remove-input (papermill's injected parameters cell is hidden by abspos.css and is not in the source)."""
+    import jupytext
+
+    found = []
+    for index, cell in enumerate(jupytext.read(source).cells):
+        if cell.cell_type == "code" and not {"remove-cell", "remove-input"} & set(cell.metadata.get("tags", [])):
+            found += [(index, line) for line in cell.source.splitlines()]
+    return found
+
+
+CODE_DIRECTIVES = ("{code-block}", "{code}", "{code-cell}")
+
+
+def _markdown_code_lines(page: Path) -> list[str]:
+    """Every line of the code blocks of a MyST page: fenced blocks that are not directives, and
+    ``{code-block}`` directives, also inside other directives (whose fences are stepped over: their
+    content is read on). ``text`` blocks are printed output, which abspos.css wraps: not counted."""
+    found, open_fences = [], []  # (fence character, fence length, holds code)
+    for line in page.read_text().splitlines():
+        fence = re.match(r"(`{3,}|~{3,})(.*)$", line.strip())
+        closes = (fence and open_fences and not fence.group(2).strip()
+                  and fence.group(1)[0] == open_fences[-1][0] and len(fence.group(1)) >= open_fences[-1][1])
+        if closes:
+            open_fences.pop()
+        elif open_fences and open_fences[-1][2]:  # a line of a code block (not a directive's option)
+            if not re.match(r":\w[\w-]*:", line.strip()):
+                found.append(line)
+        elif fence:
+            info = fence.group(2).strip()
+            words = info.split() or [""]
+            code = (not info.startswith("{") or words[0] in CODE_DIRECTIVES) and words[-1] not in ("text", "none")
+            open_fences.append((fence.group(1)[0], len(fence.group(1)), code))
+    return found
+
+
+@pytest.mark.parametrize("name", CHAPTER_SOURCES)
+def test_code_lines_of_the_chapter_sources_fit_the_column(name: str) -> None:
+    """Without a browser: no code line the book shows is longer than CODE_COLUMNS characters."""
+    long = [f"cell {index}: {len(line)} characters: {line}"
+            for index, line in _shown_code_lines(REPO / "notebooks" / f"{name}.py") if len(line) > CODE_COLUMNS]
+    assert not long, (f"notebooks/{name}.py: code lines over {CODE_COLUMNS} characters overflow the book's "
+                      "column at 1280 px; break them:\n" + "\n".join(long))
+
+
+def test_code_lines_of_the_book_pages_fit_the_column() -> None:
+    """Without a browser: no line of a code block of a book/*.md page is longer than CODE_COLUMNS."""
+    long = [f"{page.relative_to(REPO)}: {len(line)} characters: {line}" for page in sorted((REPO / "book").glob("*.md"))
+            for line in _markdown_code_lines(page) if len(line) > CODE_COLUMNS]
+    assert not long, f"code lines over {CODE_COLUMNS} characters overflow the column at 1280 px:\n" + "\n".join(long)
+
+
+# Loads every page of the site in turn in a 1280 px wide iframe, opens what is folded (hide-input cells,
+# dropdown boxes), and reports each visible <pre>'s scrollWidth and clientWidth, and how many characters of
+# its font fit inside its padding.
+OVERFLOW_PROBE = """<!doctype html><html><body><pre id="out">pending</pre><iframe id="page" width="1280"
+height="900"></iframe><script>
+var pages = {pages}, k = 0, report = [];
+var frame = document.getElementById("page");
+function measure() {{
+  if (k >= pages.length) return;
+  var doc = frame.contentDocument, win = frame.contentWindow, found = [];
+  doc.querySelectorAll("details").forEach(function (d) {{ d.open = true; }});
+  doc.querySelectorAll(".toggle-hidden").forEach(function (e) {{ e.classList.remove("toggle-hidden"); }});
+  doc.querySelectorAll("pre").forEach(function (pre) {{
+    if (!pre.clientWidth) return;  // not displayed (papermill's injected cell)
+    var style = win.getComputedStyle(pre), probe = doc.createElement("span");
+    probe.textContent = "x".repeat(100);
+    pre.appendChild(probe);
+    var char = probe.getBoundingClientRect().width / 100;
+    probe.remove();
+    var inside = pre.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+    var longest = pre.textContent.split("\\n").reduce(function (a, b) {{ return b.length > a.length ? b : a; }}, "");
+    found.push({{scroll: pre.scrollWidth, client: pre.clientWidth, columns: inside / char,
+                input: !!pre.closest(".cell_input"), line: longest.slice(0, 120)}});
+  }});
+  report.push({{page: pages[k], pres: found}});
+  k += 1;
+  if (k < pages.length) frame.src = pages[k];
+  else document.getElementById("out").textContent = "PRE" + "OUT[" + JSON.stringify(report) + "]DONE";
+}}
+frame.addEventListener("load", function () {{ setTimeout(measure, 200); }});
+frame.src = pages[0];
+</script></body></html>
+"""
+
+
+def test_no_code_line_overflows_its_column_at_1280(book: BuiltBook) -> None:
+    """In headless Chromium, on every page at 1280 px: no code block scrolls sideways (scrollWidth <=
+    clientWidth + 1), and a code cell's column holds at least CODE_COLUMNS characters (the bound the
+    source tests above check)."""
+    import html as html_module
+
+    probe = book.root / "_build" / "probe_overflow.html"
+    pages = sorted(page.relative_to(probe.parent).as_posix() for page in book.pages()
+                   if 'http-equiv="refresh"' not in page.read_text().lower())  # not index.html, a redirect
+    probe.write_text(OVERFLOW_PROBE.format(pages=json.dumps(pages)))
+    try:
+        dom = _chromium("--allow-file-access-from-files", "--virtual-time-budget=60000", "--dump-dom",
+                        probe.as_uri()).stdout
+    finally:
+        probe.unlink()
+    found = re.search(r'<pre id="out">PREOUT\[(.*)\]DONE</pre>', dom, flags=re.S)
+    assert found, f"the overflow probe did not report (page output: {dom[-300:]!r})"
+    report = json.loads(html_module.unescape(found.group(1)))
+    assert len(report) == len(pages)
+    over = [f"{entry['page']}: {pre['scroll']} > {pre['client']} px: {pre['line']!r}" for entry in report
+            for pre in entry["pres"] if pre["scroll"] > pre["client"] + 1]
+    assert not over, "code blocks wider than their column at 1280 px:\n" + "\n".join(over)
+    columns = [pre["columns"] for entry in report for pre in entry["pres"] if pre["input"]]
+    assert columns and min(columns) >= CODE_COLUMNS, (
+        f"a code cell holds {min(columns or [0]):.1f} characters at 1280 px, under CODE_COLUMNS = {CODE_COLUMNS}")
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+def _download_link(page_html: str) -> str | None:
+    """The href of the ".py" entry of a page's download menu."""
+    menu = re.search(r'dropdown-download-buttons.*?</ul>', page_html, flags=re.S)
+    link = re.search(r'<a href="([^"]+)"[^>]*btn-download-py-button', menu.group(0)) if menu else None
+    return link.group(1) if link else None
+
+
+@pytest.mark.parametrize("name", CHAPTER_SOURCES)
+def test_download_menu_offers_the_chapter_source(book: BuiltBook, name: str) -> None:
+    """The chapter's .py (notebooks/NN_name.py) is in its page's download menu, beside the .ipynb, as a
+    relative link to a copy in the built site: it resolves on file:// (the file is there) and over HTTP."""
+    page = book.html / "book" / "findings" / f"{name}.html"
+    text = page.read_text()
+    href = _download_link(text)
+    assert href, f"{name}: no .py entry in the download menu"
+    assert ".ipynb" in re.search(r'dropdown-download-buttons.*?</ul>', text, flags=re.S).group(0)
+    assert not _external(href) and not href.startswith("/"), f"{name}: the .py link is not relative: {href}"
+    source = (book.root / "notebooks" / f"{name}.py").read_bytes()
+    target = (page.parent / unquote(href)).resolve()
+    assert target.is_file() and target.read_bytes() == source, f"{name}: {href} is not the chapter's source"
+    assert "abspos-download.js" in text, f"{name}: the script that marks the link as a download is not loaded"
+
+    handler = functools.partial(_QuietHandler, directory=str(book.html))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            url = f"http://127.0.0.1:{server.server_address[1]}/book/findings/{name}.html"
+            with urllib.request.urlopen(url, timeout=30) as response:
+                served = _download_link(response.read().decode())
+            with urllib.request.urlopen(urljoin(url, served), timeout=30) as response:
+                assert response.status == 200 and response.read() == source, f"{name}: the .py is not served"
+        finally:
+            server.shutdown()

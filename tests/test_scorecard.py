@@ -291,3 +291,22 @@ def test_chapter_boxes_list_every_parameter_and_the_commands():
     for name, default, meaning in S.parameter_lines(source):
         if name != "output_dir":
             assert f"| `{name}` |" in text and meaning
+
+
+def test_compact_tables_show_value_and_interval_in_one_cell():
+    """plots.compact: one "value [low, high]" cell per row and statistic (a pivot), or, with a list of
+    estimates, one cell per estimate on each row (the strided check's full, strided and difference)."""
+    import pandas as pd
+
+    from abspos_utils import plots
+
+    frame = pd.DataFrame(dict(model=["a", "a"], statistic=["L_res", "L_mask"], value=[0.1, 0.2],
+                              value_low=[0.05, 0.1], value_high=[0.15, 0.3], full=[1.0, 2.0],
+                              full_low=[0.5, 1.5], full_high=[1.5, 2.5], strided=[1.1, 2.1],
+                              strided_low=[0.6, 1.6], strided_high=[1.6, 2.6]))
+    pivot = plots.compact(frame, ["model"])
+    assert list(pivot.columns) == ["model", "L_res", "L_mask"] and len(pivot) == 1
+    assert pivot.loc[0, "L_res"].startswith("0.1") and "[" in pivot.loc[0, "L_res"]
+    wide = plots.compact(frame, ["model", "statistic"], None, name=["full", "strided"])
+    assert list(wide.columns) == ["model", "statistic", "full", "strided"] and len(wide) == 2
+    assert wide.loc[1, "strided"].startswith("2.1")
