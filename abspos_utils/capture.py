@@ -298,6 +298,8 @@ def trace_spec(loaded: LoadedModel, layers: list[int], rows: dict[str, Tensor], 
         "softmax": family.softmax, "sink_logits": bool(family.sink_logits),
         "output_projection": family.output_projection, "n_heads": int(arch.n_heads),
         "kv_group": int(arch.n_heads // arch.n_kv_heads), "rows": dict(rows),
+        # the first and last + 1 chosen row of each window
+        "spans": {name: (int(chosen.nonzero()[0]), int(chosen.nonzero()[-1]) + 1) for name, chosen in rows.items()},
         "probe": list(probe_positions), "qkv": [int(i) for i in qkv_positions],
         "window": None if window is None else int(window), "with_loss": bool(with_loss),
         "statistics": [str(name) for name in statistics],
@@ -391,8 +393,12 @@ def reduce_batches(traced, batches: list[Tensor], spec: dict, position0: list | 
                         # the window's visible pairs as flat indices i * T + j: row-major, the key-0 pairs last
                         flat = (visible & chosen.to(visible.device)[:, None]).reshape(-1).nonzero().squeeze(-1)
                         flat = torch.cat([flat[flat % T != 0], flat[flat % T == 0]])
-                        # log a_ij = x_ij - log Z_i: log_softmax's value on these pairs, without its T x T output
-                        stats["logw_" + name] = (x.index_select(-1, flat).float() - log_z[:, :, flat // T]).cpu()
+                        # log a_ij = x_ij - log Z_i, log_softmax's value on these pairs: subtracted on the window's
+                        # block of rows [lo, hi) (a view of the map), then gathered, with no T x T output
+                        lo, hi = spec["spans"][name]
+                        block = masked[:, :, lo:hi].float() - log_z[:, :, lo:hi, None]
+                        stats["logw_" + name] = block.reshape(*block.shape[:2], -1).index_select(-1, flat - lo * T).cpu()
+                        del block
                         if name == "early" and "scores_early" in wanted:
                             stats["scores_early"] = scores.reshape(x.shape).index_select(-1, flat).float().cpu()
                     stats["log_z"] = (log_z + shift).cpu()

@@ -37,7 +37,8 @@ drawn with it). Hence:
 Only the raw part needs P-sized sums; the relative, row and count parts use the row and diagonal sums
 (``PairDomain.sums``, O(T)), but the raw sums contain them, so one P-sized float64 sum per group, layer,
 head and window is all that is stored (the bulk domain j >= 1 is a subset of the window's pairs).
-Memory: G x L x H x P x 8 bytes per window, independent of N. Use :func:`strided_pairs` to make P
+Memory: G x L x H x P x 8 bytes per window (4 with one prompt per group, whose float32 values are kept as they
+come), independent of N. Use :func:`strided_pairs` to make P
 linear in T on the late window.
 """
 
@@ -229,7 +230,10 @@ class _WindowState:
         self.singletons = singletons
         self.rows, self.cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
         self.n_visible = np.asarray(n_visible, np.float64)
-        self.sums = torch.zeros(n_groups, n_heads, len(self.rows), dtype=torch.float64, device=device)
+        # one prompt per group: each "sum" is one prompt's float32 values, kept as they come (converted to
+        # float64 when finalising); larger groups accumulate in float64
+        dtype = torch.float32 if singletons else torch.float64
+        self.sums = torch.zeros(n_groups, n_heads, len(self.rows), dtype=dtype, device=device)
         self._reduced = None  # the all-keys reductions, once finalising starts
         self.domains = {}
         for keys in M.KEY_DOMAINS:
@@ -243,9 +247,8 @@ class _WindowState:
                            for keys in M.KEY_DOMAINS}
 
     def add(self, values: PairValues, groups: Tensor) -> None:
-        if self.singletons:  # each prompt its own group: add in place, converting to float64 on the way
-            for prompt, group in zip(values.to(self.sums.device), groups.tolist()):
-                self.sums[group].add_(prompt)
+        if self.singletons:  # each prompt its own group: a copy
+            self.sums[groups.to(self.sums.device)] = values.to(self.sums.device, self.sums.dtype)
             return
         x = values.to(self.sums.device, torch.float64)
         groups = groups.to(self.sums.device)
@@ -258,7 +261,7 @@ class _WindowState:
         """The P-sized reductions of the group sums on the all-keys domain, computed once: the raw Gram
         (H, G, G), X^T S (G, H, rows + diagonals) and the values on the key-0 pairs (G, H, K)."""
         if self._reduced is None:
-            sums = self.sums.cpu()
+            sums = self.sums.cpu().double()
             _, domain, key0 = self.domains["all"]
             self._reduced = (M._gram(sums), domain.sums(sums), sums[..., torch.from_numpy(key0)])
         return self._reduced
@@ -278,8 +281,8 @@ class _WindowState:
         key0_pairs = np.flatnonzero(full.cols == 0)
         row_sums = sums[..., : full.n_rows].index_add(-1, torch.from_numpy(full.row_id[key0_pairs]), -key0_values)
         diag_sums = sums[..., full.n_rows :].index_add(-1, torch.from_numpy(full.diag_id[key0_pairs]), -key0_values)
-        kept_rows = np.searchsorted(np.unique(full.rows), np.unique(domain.rows))
-        kept_diags = np.searchsorted(np.unique(full.rows - full.cols), np.unique(domain.rows - domain.cols))
+        kept_rows = np.searchsorted(full.row_values, domain.row_values)
+        kept_diags = np.searchsorted(full.diag_values, domain.diag_values)
         bulk_sums = torch.cat([row_sums[..., torch.from_numpy(kept_rows)], diag_sums[..., torch.from_numpy(kept_diags)]], -1)
         return M.grams_from_sums(raw - M._gram(key0_values), bulk_sums, domain, log_counts, None)
 
