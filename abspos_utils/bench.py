@@ -164,7 +164,8 @@ def _llama8b_shape(seed: int = 0):
     return LoadedModel(LLAMA_8B_NAME, model, byte_tokenizer(), f"random weights, seed {seed}", "", 0.0, {}), config
 
 
-def point(model: str, seq_len: int, n_prompts: int, batch_size: int, n_groups: int, kind: str) -> dict:
+def point(model: str, seq_len: int, n_prompts: int, batch_size: int, n_groups: int, kind: str,
+          late_rows: int | None = None) -> dict:
     """One point, run in a fresh process (``python -m abspos_utils.bench``): ``kind`` "forward" (the bare
     eager forward over the same batches, output_attentions=True, logits_to_keep=1) or "measure" (capture
     + every metric). Returns wall seconds and the process's peak resident memory (bytes, ru_maxrss)."""
@@ -181,19 +182,20 @@ def point(model: str, seq_len: int, n_prompts: int, batch_size: int, n_groups: i
                 attentions = loaded.model(batch, output_attentions=True, logits_to_keep=1).attentions
                 del attentions
     else:
-        all_metrics(capture.collect(loaded, prompts, batch_size=batch_size, n_groups=n_groups, progress=False))
+        all_metrics(capture.collect(loaded, prompts, batch_size=batch_size, n_groups=n_groups, progress=False,
+                                    late_rows=late_rows))
     return {"seconds": time.perf_counter() - start,
             "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
 def _run_point(model: str, seq_len: int, n_prompts: int, batch_size: int, n_groups: int, kind: str,
-               timeout: int) -> dict | None:
+               timeout: int, late_rows: int | None = None) -> dict | None:
     import json
     import subprocess
     import sys
 
     command = [sys.executable, "-m", "abspos_utils.bench", model, str(seq_len), str(n_prompts), str(batch_size),
-               str(n_groups), kind]
+               str(n_groups), kind, str(late_rows or 0)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -207,17 +209,25 @@ SCALING_POINTS = {
     "n": [(512, 4), (512, 16), (512, 64)],
     "t": [(256, 8), (512, 8), (1024, 8), (2048, 8)],
 }
+#: Peaks only (no forward pass): N = 4 against N = 64 at T = 1024 ("n1024"), and T = 2048, N = 16 with 64
+#: strided late rows, planned for an 8 GiB machine ("fit8"): (seq_len, n_prompts, late_rows, host GiB).
+PEAK_POINTS = {
+    "n1024": [(1024, 4, None, None), (1024, 64, None, None)],
+    "fit8": [(2048, 16, 64, 8)],
+}
 
 
-def scaling(model: str = "smollm2-135m", parts=("n", "t", "llama8b"), max_groups: int = 4, max_batch: int = 4,
+def scaling(model: str = "smollm2-135m", parts=("n", "t", "llama8b", "n1024", "fit8"), max_groups: int = 4,
+            max_batch: int = 4,
             timeout: int = 1800) -> list[dict]:
     """The scaling table: for each (T, N) of :data:`SCALING_POINTS` (parts "n" and "t") and the random
     Llama-3.1-8B-shaped model at T = 2048, N = 8 (part "llama8b"), the bare forward pass and capture + all
     metrics, each in its own process, with the batch size and prompt groups (at most ``max_groups``, the
     same for every N, so that memory independent of N shows) and batch size (at most ``max_batch``, for the
     same reason) that the plan chooses, and the plan's predicted peak beside the measured one. The quick
-    points run first (N = 4 and 16, then T = 256 ... 1024), then N = 64, T = 2048 and the 8B shape. Ends
-    with the plan extrapolated to 32 layers and N = 64."""
+    points run first (N = 4 and 16, then T = 256 ... 1024), then N = 64, T = 2048 and the 8B shape; then
+    the peaks of :data:`PEAK_POINTS` (parts "n1024" and "fit8", capture + metrics only). Ends with the plan
+    extrapolated to 32 layers and N = 64."""
     from . import plan as P
 
     GiB = 2**30
@@ -227,6 +237,9 @@ def scaling(model: str = "smollm2-135m", parts=("n", "t", "llama8b"), max_groups
     header = (f"{'model':<38}{'T':>6}{'N':>5}{'B':>4}{'G':>4}  {'forward s':>9} {'GiB':>6}  {'measure s':>9} "
               f"{'GiB':>6}  {'time x':>6}  {'plan GiB':>8} {'plan/meas':>9}")
     print(header)
+    def cell(result, key, scale=1.0, width=9, digits=1):
+        return f"{'failed':>{width}}" if result is None else f"{result[key] / scale:>{width}.{digits}f}"
+
     points = [(model, t, n) for part in ("n", "t") if part in parts for t, n in SCALING_POINTS[part]]
     points = sorted(points, key=lambda p: p[1] * p[2] * (2 if p[1] > 1024 else 1))  # the quick ones first
     points = list(dict.fromkeys(points))
@@ -242,15 +255,29 @@ def scaling(model: str = "smollm2-135m", parts=("n", "t", "llama8b"), max_groups
                    n_groups=chosen.n_groups, plan_bytes=chosen.host_peak, forward=forward, measure=measure)
         rows.append(row)
 
-        def cell(result, key, scale=1.0, width=9, digits=1):
-            return f"{'failed':>{width}}" if result is None else f"{result[key] / scale:>{width}.{digits}f}"
-
         ratio = "" if not (forward and measure) else f"{measure['seconds'] / forward['seconds']:>6.2f}"
         accuracy = "" if measure is None else f"{chosen.host_peak / measure['peak_bytes']:>9.2f}"
         print(f"{name:<38}{seq_len:>6}{n_prompts:>5}{chosen.batch_size:>4}{chosen.n_groups:>4}  "
               f"{cell(forward, 'seconds')} {cell(forward, 'peak_bytes', GiB, 6, 2)}  {cell(measure, 'seconds')} "
               f"{cell(measure, 'peak_bytes', GiB, 6, 2)}  {ratio:>6}  {chosen.host_peak / GiB:>8.2f} {accuracy}",
               flush=True)
+    for part in ("n1024", "fit8"):
+        if part not in parts:
+            continue
+        for seq_len, n_prompts, late_rows, host_gib in PEAK_POINTS[part]:
+            chosen = P.plan(P.model_shape(model), seq_len, n_prompts, late_rows=late_rows,
+                            max_groups=max_groups if host_gib is None else 64, max_batch=max_batch,
+                            host_available=None if host_gib is None else host_gib * GiB)
+            measure = _run_point(model, seq_len, n_prompts, chosen.batch_size, chosen.n_groups, "measure", timeout,
+                                 late_rows)
+            rows.append(dict(model=model, seq_len=seq_len, n_prompts=n_prompts, batch_size=chosen.batch_size,
+                             n_groups=chosen.n_groups, plan_bytes=chosen.host_peak, forward=None, measure=measure,
+                             late_rows=late_rows))
+            label = f"{model}" + (f", late_rows {late_rows} ({host_gib} GiB)" if late_rows else "")
+            accuracy = "" if measure is None else f"{chosen.host_peak / measure['peak_bytes']:>9.2f}"
+            print(f"{label:<38}{seq_len:>6}{n_prompts:>5}{chosen.batch_size:>4}{chosen.n_groups:>4}  "
+                  f"{'—':>9} {'—':>6}  {cell(measure, 'seconds')} {cell(measure, 'peak_bytes', GiB, 6, 2)}  "
+                  f"{'':>6}  {chosen.host_peak / GiB:>8.2f} {accuracy}", flush=True)
     if "llama8b" in parts:
         shape = P.model_shape({**_llama8b_shape()[1].to_dict(), "num_hidden_layers": 32, "vocab_size": 128256})
         shape = P.ModelShape(**{**shape.__dict__, "name": "Llama-3.1-8B shape (32 layers)"})
@@ -270,5 +297,6 @@ if __name__ == "__main__":
     import sys
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    name, seq_len, n_prompts, batch_size, n_groups, kind = sys.argv[1:7]
-    print(json.dumps(point(name, int(seq_len), int(n_prompts), int(batch_size), int(n_groups), kind)))
+    name, seq_len, n_prompts, batch_size, n_groups, kind, late_rows = sys.argv[1:8]
+    print(json.dumps(point(name, int(seq_len), int(n_prompts), int(batch_size), int(n_groups), kind,
+                           int(late_rows) or None)))

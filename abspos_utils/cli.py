@@ -44,7 +44,7 @@ def _bench(args: argparse.Namespace) -> None:
     from .bench import main as bench_main, scaling
 
     if args.scaling is not None:
-        scaling(model=args.model if args.model != "gemma3-270m" else "smollm2-135m", parts=args.scaling or ("n", "t", "llama8b"),
+        scaling(model=args.model if args.model != "gemma3-270m" else "smollm2-135m", parts=args.scaling or ("n", "t", "llama8b", "n1024", "fit8"),
                 max_groups=args.max_groups, max_batch=args.max_batch)
         return
     bench_main(model=args.model, seq_lens=args.seq_len, n_prompts=args.n_prompts, device=args.device)
@@ -236,10 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seq-len", type=int, nargs="+", default=[256, 1024])
     bench.add_argument("--n-prompts", type=int, default=8)
     bench.add_argument("--device", default="cpu", help="cpu or cuda (bf16 on cuda)")
-    bench.add_argument("--scaling", nargs="*", choices=["n", "t", "llama8b"], default=None,
+    bench.add_argument("--scaling", nargs="*", choices=["n", "t", "llama8b", "n1024", "fit8"], default=None,
                        help="the scaling table instead (every point in its own process, the plan beside each "
                             "peak): n (N = 4, 16, 64 at T = 512), t (T = 256 ... 2048 at N = 8), llama8b (a random "
-                            "2-layer Llama-3.1-8B shape at T = 2048, N = 8, extrapolated by the plan); all by default")
+                            "2-layer Llama-3.1-8B shape at T = 2048, N = 8, extrapolated by the plan), n1024 (peaks of N = 4 "
+                            "and 64 at T = 1024), fit8 (T = 2048, N = 16 with 64 strided late rows, planned for 8 GiB); "
+                            "all by default")
     bench.add_argument("--max-groups", type=int, default=4, help="prompt groups at most, in the scaling table")
     bench.add_argument("--max-batch", type=int, default=4, help="batch size at most, in the scaling table")
     bench.set_defaults(func=_bench)

@@ -5,7 +5,8 @@ An :class:`Intervention` is a frozen value. The capture splits it per batch with
 through :func:`dataclasses.replace`, so a new field travels with them without being copied by hand.
 
 To add an intervention: add a field here (with its meaning in the docstring), apply it in
-``capture.trace_batch``, and, if it holds one value per prompt, slice it in :meth:`for_batch`.
+``capture.reduce_batches`` (and ``capture.trace_batch``), and, if it holds one value per prompt, slice it
+in :meth:`for_batch`.
 """
 
 from __future__ import annotations

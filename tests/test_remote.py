@@ -64,6 +64,27 @@ def _audits(folder: Path) -> list[dict]:
 FIELDS = ("key0", "entropy", "log_z", "n_visible", "sink_writes", "resid0", "probe_resid", "loss")
 
 
+def _local_then_remote(local_model, remote_model, prompts, url, audit_dir, **options):
+    """The same collect() locally and through the stub (three batches in one request): (local capture, remote
+    capture, the request's audit, seconds), after checking that the two agree bit for bit."""
+    local = C.collect(local_model, prompts, **options)
+    before = len(_audits(audit_dir))
+    start = time.perf_counter()
+    remote = C.collect(remote_model, prompts, remote=url, batches_per_request=3, **options)
+    elapsed = time.perf_counter() - start
+    audits = _audits(audit_dir)[before:]
+    assert len(audits) == 1 and "error" not in audits[0]  # three batches, one session, one request
+    for name in FIELDS:
+        assert torch.equal(getattr(local, name), getattr(remote, name)), name
+    for name in ("q", "k", "v"):
+        assert torch.equal(local.qkv[name], remote.qkv[name])
+    for a, b in zip(local.early_scores, remote.early_scores):
+        assert torch.equal(a, b)
+    for key, grams in local.decomposition.grams.items():
+        assert torch.equal(grams.raw, remote.decomposition.grams[key].raw)
+    return local, remote, audits[0], elapsed
+
+
 def test_a_remote_capture_equals_the_local_one_bit_for_bit(tiny_llama, stub):
     url, audit_dir, _ = stub
     _remote(tiny_llama)
@@ -72,23 +93,11 @@ def test_a_remote_capture_equals_the_local_one_bit_for_bit(tiny_llama, stub):
     for intervention in (None, Intervention("replaced", position0=replacement, window=16)):
         options = dict(batch_size=2, progress=False, with_loss=True, keep_window_logw=True, qkv_positions=[0, 5],
                        intervention=intervention)
-        local = C.collect(tiny_llama, prompts, **options)
-        before = len(_audits(audit_dir))
-        start = time.perf_counter()
-        remote = C.collect(tiny_llama, prompts, remote=url, batches_per_request=3, **options)
-        elapsed = time.perf_counter() - start
-        audits = _audits(audit_dir)[before:]
-        assert len(audits) == 1 and "error" not in audits[0]  # three batches, one session, one request
-        for name in FIELDS:
-            assert torch.equal(getattr(local, name), getattr(remote, name)), name
-        for name in ("q", "k", "v"):
-            assert torch.equal(local.qkv[name], remote.qkv[name])
+        local, remote, audit, elapsed = _local_then_remote(tiny_llama, tiny_llama, prompts, url, audit_dir, **options)
         for window in local.windows:
             assert all(torch.equal(a, b) for a, b in zip(local.window_logw[window], remote.window_logw[window]))
-        for key, grams in local.decomposition.grams.items():
-            assert torch.equal(grams.raw, remote.decomposition.grams[key].raw)
-        print(f"remote ({'intervention' if intervention else 'original'}): request {audits[0]['payload_bytes']:,} "
-              f"bytes, result {audits[0]['result_bytes']:,} bytes, {elapsed:.1f} s")
+        print(f"remote ({'intervention' if intervention else 'original'}): request {audit['payload_bytes']:,} "
+              f"bytes, result {audit['result_bytes']:,} bytes, {elapsed:.1f} s")
 
 
 def test_the_request_is_self_contained_and_ships_no_weights(tiny_llama, stub):
@@ -164,26 +173,13 @@ def test_a_weightless_client_gets_the_local_statistics_bit_for_bit(tiny_llama, s
     replacement = torch.randn(6, tiny_llama.model.config.hidden_size, generator=torch.Generator().manual_seed(1))
     for intervention in (None, Intervention("replaced", position0=replacement, window=16)):
         options = dict(batch_size=2, progress=False, with_loss=True, qkv_positions=[0, 5], intervention=intervention)
-        local = C.collect(tiny_llama, prompts, **options)
-        before = len(_audits(audit_dir))
-        start = time.perf_counter()
-        remote = C.collect(client, prompts, remote=url, batches_per_request=3, **options)
-        elapsed = time.perf_counter() - start
-        audits = _audits(audit_dir)[before:]
-        assert len(audits) == 1 and "error" not in audits[0] and not audits[0]["refused"]
-        assert json.loads(audits[0]["envelope"]["model_key"].split(":", 1)[1])["repo_id"] == MODEL_ID
-        for name in FIELDS:
-            assert torch.equal(getattr(local, name), getattr(remote, name)), name
-        for name in ("q", "k", "v"):
-            assert torch.equal(local.qkv[name], remote.qkv[name])
-        for a, b in zip(local.early_scores, remote.early_scores):
-            assert torch.equal(a, b)
-        for key, grams in local.decomposition.grams.items():
-            assert torch.equal(grams.raw, remote.decomposition.grams[key].raw)
+        _, _, audit, elapsed = _local_then_remote(tiny_llama, client, prompts, url, audit_dir, **options)
+        assert not audit["refused"]
+        assert json.loads(audit["envelope"]["model_key"].split(":", 1)[1])["repo_id"] == MODEL_ID
         assert holds_no_weights(client)  # the remote trace never dispatched the weights to this process
         print(f"weightless client ({'intervention' if intervention else 'original'}): request "
-              f"{audits[0]['payload_bytes']:,} bytes for 3 batches of 2 x 48 tokens, result "
-              f"{audits[0]['result_bytes']:,} bytes, {elapsed:.1f} s; client parameter storage "
+              f"{audit['payload_bytes']:,} bytes for 3 batches of 2 x 48 tokens, result "
+              f"{audit['result_bytes']:,} bytes, {elapsed:.1f} s; client parameter storage "
               f"{_stored_bytes(client.model)} bytes against {_stored_bytes(tiny_llama.model):,} for the local model")
 
 
