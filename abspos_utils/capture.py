@@ -375,7 +375,6 @@ def reduce_batches(traced, batches: list[Tensor], spec: dict, position0: list | 
                     # equals exp(x_max - log Z_i) >= 1 / (n_i + 1): no underflow, and no T x T map is made
                     log_z = logits.amax(-1).float() - softmax.output.amax(-1).float().log()
                     weights = softmax.output[..., :T] if spec["sink_logits"] else softmax.output
-                    x = masked.reshape(*masked.shape[:2], T * T)
                     # a model with sink logits shifts each row of its softmax input by the row's maximum; log a is
                     # shift-free, and log Z_i is kept in the units of the scores s (undo the shift on the diagonal)
                     shift = (scores.diagonal(dim1=-2, dim2=-1).float() - masked.diagonal(dim1=-2, dim2=-1).float()
@@ -400,7 +399,7 @@ def reduce_batches(traced, batches: list[Tensor], spec: dict, position0: list | 
                         stats["logw_" + name] = block.reshape(*block.shape[:2], -1).index_select(-1, flat - lo * T).cpu()
                         del block
                         if name == "early" and "scores_early" in wanted:
-                            stats["scores_early"] = scores.reshape(x.shape).index_select(-1, flat).float().cpu()
+                            stats["scores_early"] = scores.reshape(*scores.shape[:2], T * T).index_select(-1, flat).float().cpu()
                     stats["log_z"] = (log_z + shift).cpu()
                     if "key0" in wanted:
                         stats["key0"] = weights[..., 0].float().clone().cpu()
@@ -422,7 +421,7 @@ def reduce_batches(traced, batches: list[Tensor], spec: dict, position0: list | 
                         stats["probe"] = residual[:, spec["probe"]].float().cpu()
                     out[index] = stats
                     # drop this layer's maps now: the block's variables outlive the trace
-                    del softmax, logits, masked, visible, x, log_z, weights, scores, residual, shift
+                    del softmax, logits, masked, visible, log_z, weights, scores, residual, shift
                 if spec["with_loss"]:
                     logits = traced.output.logits
                     out["loss"] = torch.nn.functional.cross_entropy(
