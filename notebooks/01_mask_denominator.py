@@ -298,8 +298,11 @@ linear = run.get("linear_delta_r2")
 if len(linear):
     linear_medians = (linear.groupby(["model", "condition", "quantity"],
                                      sort=False)["delta_r2"]
-                      .median().unstack("quantity").reset_index())
-    display(linear_medians)
+                      .median().unstack("quantity")
+                      .rename(columns={"s": "ΔR² of s",
+                                       "log_a": "ΔR² of log a"}))
+    linear_medians.columns.name = None
+    display(linear_medians.reset_index().round(3))
 
 # %% [markdown]
 # ## The sink as a stabilizer
