@@ -53,6 +53,9 @@ STATISTICS: dict[str, tuple[str, str]] = {
 }
 ALL_STATISTICS = tuple(STATISTICS)
 STRIDED = "late, strided"  # the window name of collect(strided_check=...)
+#: What the trace returns for a window it sums over prompt groups, in the order of
+#: :meth:`streaming.DecompositionAccumulator.add_reduced`'s arguments (see :func:`reduce_batches`).
+SUMMED_PARTS = ("sum", "squares", "row_sums", "diag_sums", "key0_values")
 FIELDS = {"scores_early": "early_scores", "probe": "probe_resid"}  # the CapturedStatistics field of each
 
 
@@ -286,9 +289,10 @@ def window_rows(seq_len: int, windows: dict[str, tuple[int, int]], late_rows: in
 
 def trace_spec(loaded: LoadedModel, layers: list[int], rows: dict[str, Tensor], probe_positions: list[int],
                qkv_positions: list[int], window: int | None, with_loss: bool,
-               statistics: tuple[str, ...] = ALL_STATISTICS) -> dict:
+               statistics: tuple[str, ...] = ALL_STATISTICS, summed: tuple[str, ...] = ()) -> dict:
     """Everything the in-trace reduction needs, as plain values only (str, int, bool, list, dict, tensor):
-    the request that carries it to a remote server must name nothing of this project."""
+    the request that carries it to a remote server must name nothing of this project. ``summed``: the
+    windows whose log-weights the trace sums over prompt groups (:func:`reduce_batches`)."""
     family = family_of(loaded.model)
     arch = describe(loaded)
     path = [part for part in decoder_path(loaded.model).split(".") if part]
@@ -302,11 +306,12 @@ def trace_spec(loaded: LoadedModel, layers: list[int], rows: dict[str, Tensor], 
         "spans": {name: (int(chosen.nonzero()[0]), int(chosen.nonzero()[-1]) + 1) for name, chosen in rows.items()},
         "probe": list(probe_positions), "qkv": [int(i) for i in qkv_positions],
         "window": None if window is None else int(window), "with_loss": bool(with_loss),
-        "statistics": [str(name) for name in statistics],
+        "statistics": [str(name) for name in statistics], "summed": [str(name) for name in summed],
     }
 
 
-def reduce_batches(traced, batches: list[Tensor], spec: dict, position0: list | None = None, remote=False) -> list[dict]:
+def reduce_batches(traced, batches: list[Tensor], spec: dict, position0: list | None = None, remote=False,
+                   groups: list[list[int]] | None = None) -> list[dict]:
     """Run ``batches`` through the model in **one** ``model.session`` (one request when ``remote``) and
     reduce every captured layer inside its trace, with torch operations only, to what the metrics read.
 
@@ -314,7 +319,12 @@ def reduce_batches(traced, batches: list[Tensor], spec: dict, position0: list | 
     ``embed0`` (B, d) and ``embed_probe`` (B, P, d) the embedding output (after any position-0
     replacement); ``loss`` (B,) when ``spec["with_loss"]``; and per layer index l a dict with
     ``logw_<window>`` (B, H, P_w) log a_ij = x_ij - log Z_i on the visible pairs of the window's rows (row-major,
-    the key-0 pairs last; x the softmax input, so no underflow), ``log_z`` (B, H, T) log Z_i, and those of
+    the key-0 pairs last; x the softmax input, so no underflow) or, for the windows in ``spec["summed"]``,
+    their sums over the batch's prompt groups ``sum_<window>`` (g, H, P_w) (``groups``: the group of each
+    prompt of each batch, counted from 0 in the batch) with ``squares_<window>`` (B, H) sum_ij x_ij^2,
+    ``row_sums_<window>`` and ``diag_sums_<window>`` (B, H, T, float64, indexed by i and i - j) and
+    ``key0_values_<window>`` (B, H, K) for the self terms (:meth:`streaming.DecompositionAccumulator.add_reduced`:
+    a batch then returns g rather than B copies of its largest statistic); ``log_z`` (B, H, T) log Z_i, and those of
     the :data:`STATISTICS` named in ``spec["statistics"]``: ``scores_early`` (B, H, P_early) s_ij, ``key0``
     a_i0 and ``entropy`` (each (B, H, T)), ``sink_writes`` W_O^h v_0 (B, H, d) with W_O read where the model
     lives, ``resid0`` (B, d), ``probe`` (B, P, d); ``q``/``k``/``v`` at ``spec["qkv"]``; and, for the first
@@ -330,6 +340,9 @@ def reduce_batches(traced, batches: list[Tensor], spec: dict, position0: list | 
     import nnsight
 
     position0 = position0 or [None] * len(batches)
+    if spec["summed"] and groups is None:
+        raise AbsposError("reduce_batches sums the windows " + ", ".join(spec["summed"]) + " over prompt groups: "
+                          "pass groups= (each batch's prompt groups, DecompositionAccumulator.batch_groups).")
     with traced.session(remote=remote):
         results = nnsight.save([])
         for number, batch in enumerate(batches):
@@ -396,8 +409,29 @@ def reduce_batches(traced, batches: list[Tensor], spec: dict, position0: list | 
                         # block of rows [lo, hi) (a view of the map), then gathered, with no T x T output
                         lo, hi = spec["spans"][name]
                         block = masked[:, :, lo:hi].float() - log_z[:, :, lo:hi, None]
-                        stats["logw_" + name] = block.reshape(*block.shape[:2], -1).index_select(-1, flat - lo * T).cpu()
+                        logw = block.reshape(*block.shape[:2], -1).index_select(-1, flat - lo * T)
                         del block
+                        if name in spec["summed"]:
+                            # the batch's prompts summed over their prompt groups here (the accumulator adds the
+                            # sums), with what each prompt's self terms need: sum_ij x_ij^2, its row sums and its
+                            # diagonal sums (float64, indexed by i and i - j) and its values on the key-0 pairs
+                            local = torch.tensor(groups[number], device=logw.device)
+                            summed = torch.zeros(int(local.max()) + 1, *logw.shape[1:], dtype=logw.dtype,
+                                                 device=logw.device)
+                            stats["sum_" + name] = summed.index_add_(0, local, logw).cpu()
+                            exact = logw.double()
+                            stats["squares_" + name] = (exact * exact).sum(-1).cpu()
+                            query = (flat // T).expand(exact.shape)
+                            stats["row_sums_" + name] = torch.zeros(*exact.shape[:2], T, dtype=exact.dtype,
+                                                                    device=exact.device).scatter_add_(-1, query, exact).cpu()
+                            offset = (flat // T - flat % T).expand(exact.shape)
+                            stats["diag_sums_" + name] = torch.zeros(*exact.shape[:2], T, dtype=exact.dtype,
+                                                                     device=exact.device).scatter_add_(-1, offset, exact).cpu()
+                            stats["key0_values_" + name] = logw[..., logw.shape[-1] - int((flat % T == 0).sum()):].cpu()
+                            del summed, exact, query, offset
+                        else:
+                            stats["logw_" + name] = logw.cpu()
+                        del logw
                         if name == "early" and "scores_early" in wanted:
                             stats["scores_early"] = scores.reshape(*scores.shape[:2], T * T).index_select(-1, flat).float().cpu()
                     stats["log_z"] = (log_z + shift).cpu()
@@ -532,8 +566,12 @@ def collect(
     unknown = sorted(set(statistics) - set(STATISTICS))
     if unknown:
         raise AbsposError(f"Unknown capture statistics {unknown}: choose among {list(STATISTICS)}.")
+    accumulator = DecompositionAccumulator(N, n_groups)
+    # with fewer groups than prompts, the trace sums each window it need not keep per prompt over the groups
+    kept_windows = list(windows) if keep_window_logw else ["early"]
+    summed = tuple(name for name in windows if name not in kept_windows) if decompose and accumulator.n_groups < N else ()
     spec = trace_spec(loaded, layers, rows, probe_positions, list(qkv_positions), intervention.window, with_loss,
-                      statistics)
+                      statistics, summed)
     traced = nnsight_model(loaded)
     if remote and remote != "local":
         remote_model = remote_model or getattr(traced, "repo_id", "") or ""
@@ -541,13 +579,11 @@ def collect(
             raise AbsposError(f"A remote run needs the hub id of the checkpoint the server hosts for {loaded.name} "
                               "(remote_model='org/name', see nnsight.status()), not a local folder.")
         traced.repo_id = remote_model
-    accumulator = DecompositionAccumulator(N, n_groups)
 
     if batch_size is None:  # keep a batch's T x T maps to a few hundred MB
         batch_size = max(1, min(16, int(2**26 // (H * T * T))))
     batches = list(prompts.input_ids.split(batch_size))
     offsets = np.cumsum([0] + [len(b) for b in batches]).tolist()
-    kept_windows = list(windows) if keep_window_logw else ["early"]
     per_layer: dict[int, dict[str, list]] = {i: {} for i in layers}
     pairs: dict[str, dict[int, WindowPairs]] = {w: {} for w in windows}
     visible_rows: dict[int, Tensor] = {}
@@ -557,9 +593,11 @@ def collect(
     for first in range(0, len(batches), batches_per_request):
         chunk = list(range(first, min(first + batches_per_request, len(batches))))
         replacements = [intervention.for_batch(offsets[b], offsets[b + 1]).position0 for b in chunk]
-        try:
-            results = reduce_batches(traced, [batches[b] for b in chunk], spec,
-                                     replacements if intervention.position0 is not None else None, remote)
+        try:  # no autograd graph, even for a model handed in with trainable parameters
+            with torch.no_grad():
+                results = reduce_batches(traced, [batches[b] for b in chunk], spec,
+                                         replacements if intervention.position0 is not None else None, remote,
+                                         [accumulator.batch_groups(offsets[b], len(batches[b])) for b in chunk])
         except torch.OutOfMemoryError:
             raise AbsposError(
                 f"Out of memory on a batch of {batch_size} prompts of {T} tokens: lower batch_size, seq_len or the "
@@ -582,11 +620,16 @@ def collect(
                         pairs[name][layer] = masks[mask][name]
                 for name in windows:
                     p = pairs[name][layer]
+                    if name in summed:
+                        accumulator.add_reduced(layer, name, p.rows, p.cols, visible_rows[layer], start,
+                                                *(stats.pop(f"{part}_{name}") for part in SUMMED_PARTS))
+                        continue
                     values = stats.pop(f"logw_{name}")
                     if decompose:
                         accumulator.add(layer, name, p.rows, p.cols, visible_rows[layer], values, start)
                     if name in kept_windows:
                         per_layer[layer].setdefault(f"logw_{name}", []).append(values)
+                    del values
                 for key, value in stats.items():
                     if key not in ("n_visible", "first_key", "banded"):
                         per_layer[layer].setdefault(key, []).append(value)
@@ -598,7 +641,7 @@ def collect(
             saved.clear()
             bar.update()
         results.clear()
-        del results, saved, stats, values
+        del results, saved, stats
     bar.close()
 
     def stacked(key: str) -> Tensor | None:

@@ -76,23 +76,34 @@ def group_of(n_prompts: int, n_groups: int) -> Int[Tensor, " prompt"]:
 
 
 def self_terms(x: Float[Tensor, "batch head pair"], domain: M.PairDomain, key0: np.ndarray | None) -> dict[str, Tensor]:
-    """Per prompt and head, (B, H) each: <Q x_n, x_n> for Q = I, P_1, P_T, P_J, and the sink |c(x_n)_{j=0}|^2.
+    """Per prompt and head, (B, H) each: <Q x_n, x_n> for Q = I, P_1, P_T, P_J, and the sink |c(x_n)_{j=0}|^2,
+    from the prompts' values on the domain's pairs (:func:`self_terms_from_sums` on their reductions)."""
+    key0_values = None if key0 is None else x[..., torch.from_numpy(key0).to(x.device)]
+    return self_terms_from_sums((x * x).sum(-1), domain.sums(x), domain, key0_values)
 
-    The same algebra as :func:`metrics.domain_grams`, on the diagonal only (B inner products instead of B^2):
-    <P_1 x, x> = P mean^2, <P_T x, x> = sum_d count_d t_d^2 with t the diagonal means, <P_J x, x> = b^T A^+ b.
+
+def self_terms_from_sums(squares: Float[Tensor, "batch head"], sums: Float[Tensor, "batch head rows_and_diagonals"],
+                         domain: M.PairDomain, key0_values: Float[Tensor, "batch head key0_pair"] | None) -> dict[str, Tensor]:
+    """The self terms of :func:`self_terms` from O(T) reductions of each prompt: sum_ij x_ij^2, X^T x (the
+    row sums, then the diagonal sums, as ``PairDomain.sums``) and, on the all-keys domain, the values on
+    the key-0 pairs (in the domain's order). What the trace returns per prompt when its pair values are
+    summed over a prompt group inside it (:func:`abspos_utils.capture.reduce_batches`).
+
+    The same algebra as :func:`metrics.domain_grams`, on the diagonal only: <P_1 x, x> = P mean^2,
+    <P_T x, x> = sum_d count_d t_d^2 with t the diagonal means, <P_J x, x> = b^T A^+ b, and
+    |c(x)_{j=0}|^2 = sum_k (x_k0 - mean)^2.
     """
-    sums = domain.sums(x)
-    diag_count = torch.from_numpy(domain.diag_count).to(x)
-    diag_means = sums[..., domain.n_rows :] / diag_count
-    means = x.mean(-1)
+    diag_count = torch.from_numpy(domain.diag_count).to(sums)
+    diag_sums = sums[..., domain.n_rows :]
+    means = sums[..., : domain.n_rows].sum(-1) / domain.size
     out = {
-        "raw": (x * x).sum(-1),
+        "raw": squares.to(sums),
         "one": domain.size * means**2,
-        "toeplitz": (diag_means**2 * diag_count).sum(-1),
+        "toeplitz": (diag_sums**2 / diag_count).sum(-1),
         "joint": (domain.solve(sums) * sums).sum(-1),
     }
-    if key0 is not None:
-        out["sink"] = ((x[..., torch.from_numpy(key0).to(x.device)] - means[..., None]) ** 2).sum(-1)
+    if key0_values is not None:
+        out["sink"] = ((key0_values.to(sums) - means[..., None]) ** 2).sum(-1)
     return out
 
 
@@ -221,8 +232,11 @@ def _selection(keep: np.ndarray) -> slice | Tensor:
 class _WindowState:
     """Group sums S_g (G, H, P) on one layer's window, and the self terms D_g of both key domains.
 
-    With one prompt per group (``singletons``) the self terms are the diagonal of the group Grams, so they
-    are read from those when finalising instead of being computed batch by batch.
+    The sums are float32, as the values come from the trace (a group of k prompts sums k float32 values per
+    pair, a relative rounding of about k x 6e-8 that averages out in the P-sized inner products; the Grams
+    are formed in float64 when finalising). With one prompt per group (``singletons``) each sum is a copy
+    of one prompt's values and the self terms are the diagonal of the group Grams, so they are read from
+    those when finalising instead of being computed batch by batch.
     """
 
     def __init__(self, rows: np.ndarray, cols: np.ndarray, n_visible: np.ndarray, n_heads: int, n_groups: int,
@@ -230,10 +244,7 @@ class _WindowState:
         self.singletons = singletons
         self.rows, self.cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
         self.n_visible = np.asarray(n_visible, np.float64)
-        # one prompt per group: each "sum" is one prompt's float32 values, kept as they come (converted to
-        # float64 when finalising); larger groups accumulate in float64
-        dtype = torch.float32 if singletons else torch.float64
-        self.sums = torch.zeros(n_groups, n_heads, len(self.rows), dtype=dtype, device=device)
+        self.sums = torch.zeros(n_groups, n_heads, len(self.rows), dtype=torch.float32, device=device)
         self._reduced = None  # the all-keys reductions, once finalising starts
         self.domains = {}
         for keys in M.KEY_DOMAINS:
@@ -242,19 +253,42 @@ class _WindowState:
             domain = M.pair_domain(self.rows[keep], self.cols[keep])
             key0 = (domain.cols == 0) if keys == "all" else None
             self.domains[keys] = (select, domain, key0)
+        self.key0_rows = torch.from_numpy(self.rows[self.cols == 0])  # the rows of the key-0 pairs, in pair order
         self.self_pairs = {keys: {part: torch.zeros(n_groups, n_heads, dtype=torch.float64, device=device)
                                   for part in PARTS + (("sink",) if keys == "all" else ())}
                            for keys in M.KEY_DOMAINS}
 
     def add(self, values: PairValues, groups: Tensor) -> None:
-        if self.singletons:  # each prompt its own group: a copy
-            self.sums[groups.to(self.sums.device)] = values.to(self.sums.device, self.sums.dtype)
-            return
-        x = values.to(self.sums.device, torch.float64)
         groups = groups.to(self.sums.device)
-        self.sums.index_add_(0, groups, x)
+        if self.singletons:  # each prompt its own group: a copy
+            self.sums[groups] = values.to(self.sums.device, self.sums.dtype)
+            return
+        self.sums.index_add_(0, groups, values.to(self.sums.device, self.sums.dtype))
+        x = values.double().cpu()  # PairDomain lives on the CPU
         for keys, (select, domain, key0) in self.domains.items():
-            for part, value in self_terms(x[..., select].cpu(), domain, key0).items():  # PairDomain lives on the CPU
+            for part, value in self_terms(x[..., select], domain, key0).items():
+                self.self_pairs[keys][part].index_add_(0, groups, value.to(self.sums.device))
+
+    def add_reduced(self, group_sums: GroupSums, first_group: int, groups: Tensor, squares: Tensor,
+                    row_sums: Tensor, diag_sums: Tensor, key0_values: Tensor) -> None:
+        """A batch already summed over its prompt groups in the trace: ``group_sums`` (g, H, P) of the
+        groups first_group, ..., first_group + g - 1, and per prompt (``groups`` its group) sum_ij x_ij^2
+        (B, H), its row and diagonal sums indexed by the row i and the offset i - j (B, H, T) and its values
+        on the key-0 pairs (B, H, K): the self terms of both key domains follow from these
+        (:func:`self_terms_from_sums`)."""
+        self.sums[first_group : first_group + len(group_sums)] += group_sums.to(self.sums.device, self.sums.dtype)
+        groups = groups.to(self.sums.device)
+        squares, row_sums, diag_sums, key0_values = (t.cpu().double() for t in (squares, row_sums, diag_sums, key0_values))
+        for keys, (_, domain, key0) in self.domains.items():
+            rows, diags, square = row_sums, diag_sums, squares
+            if keys == "bulk":  # the key-0 pairs (i, 0) leave row i's sum, diagonal i's sum and the squares
+                square = squares - (key0_values**2).sum(-1)
+                rows = row_sums.index_add(-1, self.key0_rows, -key0_values)
+                diags = diag_sums.index_add(-1, self.key0_rows, -key0_values)
+            sums = torch.cat([rows[..., torch.from_numpy(domain.row_values)],
+                              diags[..., torch.from_numpy(domain.diag_values)]], -1)
+            parts = self_terms_from_sums(square, sums, domain, key0_values if keys == "all" else None)
+            for part, value in parts.items():
                 self.self_pairs[keys][part].index_add_(0, groups, value.to(self.sums.device))
 
     def _all_keys(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -322,6 +356,33 @@ class DecompositionAccumulator:
             raise AbsposError(f"More than the announced {self.n_prompts} prompts were fed to the accumulator.")
         self.state[key].add(values, self.group[start : start + values.shape[0]])
         self.seen[key] = max(self.seen[key], start + values.shape[0])
+
+    def add_reduced(self, layer: int, window: str, rows: np.ndarray, cols: np.ndarray, n_visible, start: int,
+                    group_sums: GroupSums, squares: Tensor, row_sums: Tensor, diag_sums: Tensor,
+                    key0_values: Tensor) -> None:
+        """Like :meth:`add`, for a batch of the prompts start, start + 1, ... already summed over its prompt
+        groups inside the trace (``group_sums`` (g, H, P), the batch's groups in order, g of them) with the
+        per-prompt reductions the self terms need (see ``_WindowState.add_reduced``)."""
+        key = (layer, window)
+        if key not in self.state:
+            n_visible = n_visible.cpu().numpy() if isinstance(n_visible, Tensor) else n_visible
+            self.state[key] = _WindowState(rows, cols, n_visible, group_sums.shape[1], self.n_groups, self.device)
+            self.seen[key] = 0
+        n = squares.shape[0]
+        if start + n > self.n_prompts:
+            raise AbsposError(f"More than the announced {self.n_prompts} prompts were fed to the accumulator.")
+        groups = self.group[start : start + n]
+        if len(group_sums) != int(groups[-1] - groups[0]) + 1:
+            raise AbsposError(f"A batch of prompts {start}..{start + n - 1} spans {int(groups[-1] - groups[0]) + 1} "
+                              f"prompt groups but came with {len(group_sums)} group sums.")
+        self.state[key].add_reduced(group_sums, int(groups[0]), groups, squares, row_sums, diag_sums, key0_values)
+        self.seen[key] = max(self.seen[key], start + n)
+
+    def batch_groups(self, start: int, n: int) -> list[int]:
+        """The group of each of the prompts start, ..., start + n - 1, counted from the first one's (what
+        the trace sums a batch by, :func:`abspos_utils.capture.reduce_batches`)."""
+        groups = self.group[start : start + n]
+        return (groups - groups[0]).tolist()
 
     def nbytes(self) -> int:
         """Bytes of every tensor the accumulator holds (what grows, if anything, with N)."""

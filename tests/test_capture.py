@@ -273,6 +273,50 @@ def test_collect_memory_does_not_grow_with_the_number_of_prompts(tiny_llama):
     assert held[4] == held[16]
 
 
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3"])
+def test_groups_of_prompts_are_summed_inside_the_trace(name):
+    """With fewer prompt groups than prompts the trace returns each batch's late window summed over its
+    groups (one P-sized sum per group, not per prompt) with O(T) per-prompt reductions for the self terms:
+    the same group sums as summing the prompts' log-weights on the host, and the same decomposition. A
+    batch of 3 here spans two groups of 2 or 3 prompts; Gemma 3's sliding layers have their own pairs."""
+    from abspos_utils import streaming as S
+
+    loaded = load_model(name)
+    prompts = make_prompts(loaded.tokenizer, n_prompts=7, seq_len=48)
+    summed = capture(loaded, prompts, batch_size=3, n_groups=3, progress=False)
+    kept = capture(loaded, prompts, batch_size=3, n_groups=3, progress=False, keep_window_logw=True)
+    assert list(summed.window_logw) == ["early"] and "late" in kept.window_logw
+    on_host = S.accumulate_capture(kept, n_groups=3, batch_size=3)
+    for key, grams in summed.decomposition.grams.items():
+        for part in ("raw", "joint", "count"):
+            torch.testing.assert_close(getattr(grams, part), getattr(on_host.grams[key], part), rtol=1e-6, atol=1e-6)
+        for part, value in grams.self_pairs.items():  # from O(T) sums in the trace, from the values on the host
+            torch.testing.assert_close(value, on_host.grams[key].self_pairs[part], rtol=1e-9, atol=1e-9)
+    reference = M.decompose(kept)
+    for statistic, keys in (("L_res", "bulk"), ("L_mask", "all"), ("sink_share", "all")):
+        a, b = (M.headline(d, statistic, "late", keys).value for d in (reference, summed.decomposition))
+        assert abs(a - b) < 1e-6, (statistic, a, b)
+    with pytest.raises(AbsposError, match="groups="):
+        spec = C.trace_spec(loaded, [0], {"late": torch.arange(48) >= 24}, [0], [], None, False, summed=("late",))
+        C.reduce_batches(nnsight_model(loaded), [prompts.input_ids[:2]], spec)
+
+
+def test_the_capture_keeps_no_autograd_graph_of_a_trainable_model():
+    """A model handed in with trainable parameters (not through load_model, which freezes them) would make
+    every saved statistic pin its batch's backward graph (activations of every layer) until it is dropped:
+    the capture runs without gradients, so its statistics hold values only, and the same ones."""
+    loaded = load_model("tiny-llama")
+    prompts = make_prompts(loaded.tokenizer, n_prompts=2, seq_len=48)
+    frozen = capture(loaded, prompts, progress=False)
+    loaded.model.requires_grad_(True)
+    try:
+        trainable = capture(loaded, prompts, progress=False)
+    finally:
+        loaded.model.requires_grad_(False)
+    for name in ("key0", "entropy", "log_z", "sink_writes", "resid0", "probe_resid"):
+        assert getattr(trainable, name).grad_fn is None and torch.equal(getattr(trainable, name), getattr(frozen, name))
+
+
 def test_a_strided_late_window_is_measured_on_evenly_spaced_rows(tiny_llama):
     prompts = make_prompts(tiny_llama.tokenizer, n_prompts=4, seq_len=128)
     full = capture(tiny_llama, prompts, progress=False)

@@ -75,8 +75,10 @@ def _local_then_remote(local_model, remote_model, prompts, url, audit_dir, **opt
     audits = _audits(audit_dir)[before:]
     assert len(audits) == 1 and "error" not in audits[0]  # three batches, one session, one request
     for name in FIELDS:
-        assert torch.equal(getattr(local, name), getattr(remote, name)), name
-    for name in ("q", "k", "v"):
+        a, b = getattr(local, name), getattr(remote, name)
+        assert (a is None and b is None) if a is None else torch.equal(a, b), name
+    assert local.qkv.keys() == remote.qkv.keys()
+    for name in local.qkv:
         assert torch.equal(local.qkv[name], remote.qkv[name])
     for a, b in zip(local.early_scores, remote.early_scores):
         assert torch.equal(a, b)
@@ -98,6 +100,21 @@ def test_a_remote_capture_equals_the_local_one_bit_for_bit(tiny_llama, stub):
             assert all(torch.equal(a, b) for a, b in zip(local.window_logw[window], remote.window_logw[window]))
         print(f"remote ({'intervention' if intervention else 'original'}): request {audit['payload_bytes']:,} "
               f"bytes, result {audit['result_bytes']:,} bytes, {elapsed:.1f} s")
+
+
+def test_prompt_groups_summed_on_the_server_equal_the_local_sums_bit_for_bit(tiny_llama, stub):
+    """With fewer prompt groups than prompts the server sums each batch's late window over its groups (a
+    batch of 2 here spans one or two of the 4 groups of 6 prompts) and returns the group sums with the
+    per-prompt O(T) reductions: the same statistics as the local run, to the bit."""
+    url, audit_dir, _ = stub
+    _remote(tiny_llama)
+    prompts = make_prompts(tiny_llama.tokenizer, n_prompts=6, seq_len=48)
+    local, remote, _, _ = _local_then_remote(tiny_llama, tiny_llama, prompts, url, audit_dir, batch_size=2,
+                                             n_groups=4, progress=False)
+    assert list(local.window_logw) == ["early"] and local.decomposition.n_groups == 4
+    for key, grams in local.decomposition.grams.items():
+        for part, value in grams.self_pairs.items():
+            assert torch.equal(value, remote.decomposition.grams[key].self_pairs[part]), (key, part)
 
 
 def test_the_request_is_self_contained_and_ships_no_weights(tiny_llama, stub):

@@ -16,6 +16,11 @@ from abspos_utils.errors import AbsposError
 T, H = 40, 3
 WINDOWS = {"early": (1, 12), "late": (T // 2, T)}
 TOL = 1e-10
+# Groups of several prompts keep float32 sums (the precision of the values the trace returns), so their
+# energies match the in-memory float64 Grams to about 1e-7 relative rather than 1e-12, and a bootstrap
+# draw, which cancels large multiples of the group Grams, to a few 1e-6 on these hand-made windows of a
+# few hundred pairs per head (rounding averages out over the ~10^5 pairs of a real window).
+GROUPED_RTOL = 1e-5
 
 
 def fake_capture(n_prompts: int, seed: int = 0, layers=(0, 1)):
@@ -57,6 +62,12 @@ def max_share_difference(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+def max_relative_difference(a: dict, b: dict) -> float:
+    """The largest difference of energies and shares, relative to the value where it exceeds 1."""
+    assert a.keys() == b.keys()
+    return max(float(((a[k] - b[k]).abs() / a[k].abs().clamp_min(1)).max()) for k in a)
+
+
 HEADLINES = [("L_res", "late", "bulk", "median"), ("L_mask", "early", "all", "ratio"), ("L_abs", "late", "all", "median"),
              ("sink_share", "early", "all", "median"), ("L_mask_count", "late", "bulk", "ratio")]
 
@@ -82,14 +93,15 @@ def test_fewer_groups_keep_the_point_estimates_and_resample_blocks_of_prompts():
     reference, streamed = M.decompose(cap), S.accumulate_capture(cap, n_groups=3, batch_size=2)
     assert streamed.grams[("late", "bulk")].sizes.tolist() == [3.0, 2.0, 2.0]  # prompts 0-2, 3-4, 5-6
     for key in reference.grams:
-        assert max_share_difference(M.shares(reference.grams[key]), streamed.shares(*key)) < TOL
+        assert max_relative_difference(M.shares(reference.grams[key]), streamed.shares(*key)) < GROUPED_RTOL
     # A draw over groups is the prompt-level cross mean with every prompt weighted by its group's draw.
     v = M.bootstrap_weights(3, 50, seed=1)
     w = v[:, S.group_of(7, 3)]
     grams = reference.grams[("late", "all")]
     for name, (gamma, self_pairs) in streamed.grams[("late", "all")].components().items():
         expected = M.cross_mean(grams.components()[name], w)
-        assert float((S.grouped_cross_mean(gamma, self_pairs, streamed.grams[("late", "all")].sizes, v) - expected).abs().max()) < TOL
+        got = S.grouped_cross_mean(gamma, self_pairs, streamed.grams[("late", "all")].sizes, v)
+        assert float(((got - expected).abs() / expected.abs().clamp_min(1)).max()) < GROUPED_RTOL
     with pytest.raises(AbsposError, match="bootstrap_weights"):  # prompt multiplicities cannot resample groups
         streamed.shares("late", "bulk", M.bootstrap_weights(7))
 
@@ -108,7 +120,7 @@ def test_accumulator_memory_does_not_grow_with_the_number_of_prompts():
     p_total = sum(len(C._window_pairs(np.tril(np.ones((T, T), dtype=bool)), w).rows) for w in WINDOWS.values())
     print(f"accumulator bytes: N=8 {held[8]}, N=64 {held[64]}")
     assert held[8] == held[64]
-    assert held[64] >= 2 * 4 * H * p_total * 8  # 2 layers x 4 groups x H x P float64 sums
+    assert held[64] >= 2 * 4 * H * p_total * 4  # 2 layers x 4 groups x H x P float32 sums
 
 
 def test_the_accumulator_refuses_more_prompts_than_announced():
@@ -163,11 +175,11 @@ def test_a_tiny_llama_capture_streams_to_the_same_decomposition(tiny_llama):
     worst = 0.0
     for statistic, window, keys, how in HEADLINES:
         worst = max(worst, largest_gap(*(M.headline(d, statistic, window, keys, how) for d in (reference, streamed))))
-    grouped = S.accumulate_capture(cap, n_groups=2, batch_size=4)
-    for key in reference.grams:
-        worst = max(worst, max_share_difference(M.shares(reference.grams[key]), grouped.shares(*key)))
     print(f"tiny-llama: largest difference streamed vs in memory {worst:.2e}")
     assert worst < TOL
+    grouped = S.accumulate_capture(cap, n_groups=2, batch_size=4)
+    for key in reference.grams:
+        assert max_relative_difference(M.shares(reference.grams[key]), grouped.shares(*key)) < GROUPED_RTOL
 
 
 def test_the_streamed_trace_gives_the_in_memory_decomposition_and_sink_rate(tiny_llama):
@@ -195,9 +207,10 @@ def test_the_tables_and_headlines_take_a_decomposition_over_fewer_groups():
     for table in (M.decomposition_table, M.layer_table):
         a, b = table(reference), table(grouped)
         numbers_ = a.select_dtypes("number").columns
-        assert np.allclose(a[numbers_].to_numpy(), b[numbers_].to_numpy(), rtol=0, atol=TOL, equal_nan=True)
+        assert np.allclose(a[numbers_].to_numpy(), b[numbers_].to_numpy(), rtol=GROUPED_RTOL, atol=GROUPED_RTOL,
+                           equal_nan=True)
     estimate = M.headline(grouped, "L_mask", "late", "all")
-    assert estimate.value == pytest.approx(M.headline(reference, "L_mask", "late", "all").value, abs=TOL)
+    assert estimate.value == pytest.approx(M.headline(reference, "L_mask", "late", "all").value, abs=GROUPED_RTOL)
     weights = M.bootstrap_weights(3)
     expected = M._statistic(grouped, weights, "L_mask", "late", "all", "median", None).numpy()
     assert estimate.low == pytest.approx(float(np.nanpercentile(expected, 2.5)))
