@@ -159,7 +159,7 @@ def _llama8b_shape(seed: int = 0):
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=260, bos_token_id=1, eos_token_id=2, pad_token_id=0, **LLAMA_8B_SHAPE)
     config._attn_implementation = "eager"
-    model = LlamaForCausalLM(config).eval()
+    model = LlamaForCausalLM(config).eval().requires_grad_(False)  # as load_model: no autograd graph is kept
     check_labels(model.model.layers[0].self_attn, family_of(model))
     return LoadedModel(LLAMA_8B_NAME, model, byte_tokenizer(), f"random weights, seed {seed}", "", 0.0, {}), config
 
