@@ -427,7 +427,8 @@ def reduce_batches(traced, batches: list[Tensor], spec: dict, position0: list | 
                             offset = (flat // T - flat % T).expand(exact.shape)
                             stats["diag_sums_" + name] = torch.zeros(*exact.shape[:2], T, dtype=exact.dtype,
                                                                      device=exact.device).scatter_add_(-1, offset, exact).cpu()
-                            stats["key0_values_" + name] = logw[..., logw.shape[-1] - int((flat % T == 0).sum()):].cpu()
+                            # (a copy: on the CPU a view would keep the whole window alive)
+                            stats["key0_values_" + name] = logw[..., logw.shape[-1] - int((flat % T == 0).sum()):].clone().cpu()
                             del summed, exact, query, offset
                         else:
                             stats["logw_" + name] = logw.cpu()
@@ -584,7 +585,14 @@ def collect(
         batch_size = max(1, min(16, int(2**26 // (H * T * T))))
     batches = list(prompts.input_ids.split(batch_size))
     offsets = np.cumsum([0] + [len(b) for b in batches]).tolist()
-    per_layer: dict[int, dict[str, list]] = {i: {} for i in layers}
+    # each layer's per-prompt statistics, written in place into (N, ...) buffers made at the first batch: no
+    # per-batch allocation outlives its batch (which would fragment the heap) and nothing is concatenated
+    per_layer: dict[int, dict[str, Tensor]] = {i: {} for i in layers}
+
+    def keep(layer: int, key: str, start: int, value: Tensor) -> None:
+        if key not in per_layer[layer]:
+            per_layer[layer][key] = torch.empty(N, *value.shape[1:], dtype=value.dtype)
+        per_layer[layer][key][start : start + len(value)] = value
     pairs: dict[str, dict[int, WindowPairs]] = {w: {} for w in windows}
     visible_rows: dict[int, Tensor] = {}
     masks: dict[tuple[bytes, bytes], dict[str, WindowPairs]] = {}
@@ -628,11 +636,11 @@ def collect(
                     if decompose:
                         accumulator.add(layer, name, p.rows, p.cols, visible_rows[layer], values, start)
                     if name in kept_windows:
-                        per_layer[layer].setdefault(f"logw_{name}", []).append(values)
+                        keep(layer, f"logw_{name}", start, values)
                     del values
                 for key, value in stats.items():
                     if key not in ("n_visible", "first_key", "banded"):
-                        per_layer[layer].setdefault(key, []).append(value)
+                        keep(layer, key, start, value)
             embeds.append(saved["embed0"])
             embed_probe.append(saved["embed_probe"])
             losses.append(saved.get("loss"))
@@ -647,7 +655,7 @@ def collect(
     def stacked(key: str) -> Tensor | None:
         if key not in per_layer[layers[0]]:
             return None  # a statistic not asked for
-        return torch.stack([torch.cat(per_layer[i][key]) for i in layers])
+        return torch.stack([per_layer[i].pop(key) for i in layers])
 
     def with_embedding(key: str, embedded: list[Tensor]) -> Tensor | None:
         layered = stacked(key)
@@ -663,8 +671,8 @@ def collect(
         prompts=prompts.describe(),
         windows=windows,
         pairs={w: [pairs[w][i] for i in layers] for w in windows},
-        window_logw={w: [torch.cat(per_layer[i][f"logw_{w}"]) for i in layers] for w in kept_windows},
-        early_scores=[torch.cat(per_layer[i]["scores_early"]) for i in layers] if "scores_early" in statistics else None,
+        window_logw={w: [per_layer[i][f"logw_{w}"] for i in layers] for w in kept_windows},
+        early_scores=[per_layer[i]["scores_early"] for i in layers] if "scores_early" in statistics else None,
         key0=stacked("key0"),
         entropy=stacked("entropy"),
         log_z=stacked("log_z"),
