@@ -13,9 +13,10 @@ N prompts, G groups, P_w the visible pairs of window w per layer):
 - ``per-prompt statistics``: what the capture keeps per prompt that is small (key-0 column, entropy,
   log Z: 3 L N H T float32; position-0 stream and probe positions; early-window scores);
 - ``window statistics``: in-memory engine, every prompt's log-weights N L H (P_early + P_late) x 4 and the
-  decomposition's float64 copies; streamed engine, G L H (P_early + P_late) x 8 group sums
-  (:mod:`abspos_utils.streaming`) and one batch's results B L H (P_early + P_late) x 4 (every layer's pair
-  values come back together from the trace) plus one layer's float64 reduction; with a single batch
+  decomposition's float64 copies; streamed engine, G L H (P_early + P_late) x 4 float32 group sums
+  (:mod:`abspos_utils.streaming`) and one batch's results, B L H P_early x 4 and g L H P_late x 4 (every
+  layer's pair values come back together from the trace; g = B with one prompt per group, else the
+  batch's groups, summed in the trace) plus one layer's float64 reduction; with a single batch
   (N <= B) the group sums are filled after the trace's maps are gone, so only their excess counts;
 - ``pair indices``: per distinct mask (shared by its layers), PAIR_ARRAYS int64 arrays of the window's
   pairs and the (rows + diagonals)^2 normal equations of the late window's two key domains.
@@ -242,19 +243,27 @@ def predict(shape: ModelShape, seq_len: int, n_prompts: int, batch_size: int, n_
         statistics["window log-weights (N)"] = 2 * 4 * N * H * (early + late)  # per-batch lists + their concatenation
         statistics["decomposition temporaries"] = int(8 * N * H * biggest * 1.5) + 8 * 6 * 4 * L * H * N * N
     else:
-        statistics["group sums (G)"] = 8 * G * H * (early + late)
-        # one batch's saved results, every layer's pair values (float32), until it is fed to the group sums;
-        # then one layer's float64 copy and its self terms
-        statistics["batch results"] = 4 * B * H * (early + late) + 8 * B * H * biggest * 3
+        statistics["group sums (G)"] = 4 * G * H * (early + late)  # float32
+        # one batch's saved results, every layer's pair values (float32), until they are fed to the group
+        # sums: per prompt on the early window; on the late window per prompt with one prompt per group, else
+        # summed over the batch's groups in the trace (capture.reduce_batches; streaming.group_of's blocks);
+        # beside them, one layer's float64 copy (the self terms' reductions, or the Grams when finalising)
+        group = np.arange(N) * G // N
+        groups_in_batch = B if G == N else max(len(np.unique(group[s : s + B])) for s in range(0, N, B))
+        statistics["batch results"] = 4 * B * H * early + 4 * groups_in_batch * H * late + 8 * B * H * biggest
     # the pair indices of each distinct mask (shared by its layers): the window's pairs (capture and the
     # accumulator's key domains, about PAIR_ARRAYS int64 arrays of P) and the (rows + diagonals) normal
     # equations of the late window's two key domains
     masks = set(shape.windows)
     late_rows_n = len(np.arange(T // 2, T)) if late_rows is None else min(late_rows, T - T // 2)
     statistics["pair indices"] = len(masks) * (PAIR_ARRAYS * 8 * biggest + 2 * 2 * 8 * (late_rows_n + T) ** 2)
+    trace = compute["attention maps (one layer)"] + compute["hidden states"] + statistics.get("batch results", 0)
+    if engine != "in-memory":
+        # finalising converts one layer's group sums to float64 and reduces them, after the last trace: only
+        # its excess over the trace's transients counts
+        statistics["finalising (one layer)"] = max(0, 8 * G * H * biggest * 2 - trace)
     if engine != "in-memory" and N <= B:
         # one batch: the group sums are filled after the trace, when its maps are gone
-        trace = compute["attention maps (one layer)"] + compute["hidden states"] + statistics["batch results"]
         statistics["group sums (G)"] = max(0, statistics["group sums (G)"] - trace)
     if remote:
         return {"runtime": RUNTIME_BYTES, **statistics}, {}
@@ -312,7 +321,8 @@ def plan(model, seq_len: int, n_prompts: int, batch_size: int | None = None, n_g
             if g == 1 and n_prompts > 1:
                 candidate.notes.append("one prompt group: no bootstrap interval (set late_rows for intervals)")
             elif g < n_prompts:
-                candidate.notes.append(f"bootstrap over {g} blocks of consecutive prompts")
+                rough = f" (fewer than {USEFUL_GROUPS}: rough intervals)" if g < USEFUL_GROUPS else ""
+                candidate.notes.append(f"bootstrap over {g} blocks of consecutive prompts{rough}")
             return candidate
     smallest = make(batches[-1], groups[-1])
     where = "host" if smallest.host_peak > SAFETY * host else "accelerator"
@@ -323,7 +333,9 @@ def plan(model, seq_len: int, n_prompts: int, batch_size: int | None = None, n_g
         "attention maps (one layer)": "lower batch_size" if batch_size and batch_size > 1 else "lower seq_len",
         "hidden states": "lower batch_size" if batch_size and batch_size > 1 else "lower seq_len",
         "window log-weights (N)": "lower n_prompts or use the streamed engine",
-        "group sums (G)": "lower n_groups" if n_groups and n_groups > 1 else "set late_rows (e.g. 64) or lower seq_len",
+        "group sums (G)": "lower n_groups" if n_groups and n_groups > 1 else
+                          "set late_rows (e.g. 64) or lower seq_len" if late_rows is None else "lower seq_len",
+        "batch results": "set late_rows (e.g. 64) or lower seq_len" if late_rows is None else "lower seq_len",
     }.get(worst, "lower seq_len")
     raise AbsposError(
         f"{shape.name} at seq_len {seq_len} needs about {getattr(smallest, where + '_peak') / GiB:.1f} GiB of {where} "

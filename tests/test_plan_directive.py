@@ -46,10 +46,10 @@ def test_the_rendered_text_is_the_plan_of_that_configuration(ext):
 
 
 def test_what_the_chapter_says_about_the_plans_holds(ext):
-    """Full late window at 128 GiB: one prompt group (no intervals); at 64 GiB: refused, naming late_rows;
-    late_rows=64: a prompt group per prompt, batches of 4, within the 80 GiB card."""
+    """Full late window at 128 GiB: two prompt groups (rough intervals); at 64 GiB: refused, naming
+    late_rows; late_rows=64: a prompt group per prompt, batches of 4, within the 80 GiB card."""
     full, text = ext.plan_or_refusal(**RUN)
-    assert full is not None and full.n_groups == 1 and "no bootstrap interval" in text
+    assert full is not None and full.n_groups == 2 and "bootstrap over 2 blocks" in text and "rough intervals" in text
     refused, sentence = ext.plan_or_refusal(**{**RUN, "host_gib": 64})
     assert refused is None and sentence.startswith("The plan refuses this run: ") and "late_rows" in sentence
     assert "\n" not in sentence
