@@ -7,8 +7,8 @@ N prompts, G groups, P_w the visible pairs of window w per layer):
 - ``runtime``: the Python process with torch, transformers and nnsight imported (measured constant);
 - ``weights``: parameters x bytes of the dtype (read from the config: embeddings, attention, gated MLP);
 - ``attention maps``: MAPS x B x H x T^2 x 4 — the eager forward of one layer (scores, masked scores,
-  softmax) plus the capture's float32 copies (log-softmax, weights, entropy product), all alive together
-  at the peak of one layer; MAPS is calibrated (table below);
+  softmax) plus the capture's copies (the late window's block of rows less log Z_i, the entropy
+  product), all alive together at the peak of one layer; MAPS is calibrated (table below);
 - ``hidden states``: B x T x (4 d + 3 d_ff) x bytes — the residual stream and MLP activations of a layer;
 - ``per-prompt statistics``: what the capture keeps per prompt that is small (key-0 column, entropy,
   log Z: 3 L N H T float32; position-0 stream and probe positions; early-window scores);
@@ -22,17 +22,20 @@ N prompts, G groups, P_w the visible pairs of window w per layer):
   pairs and the (rows + diagonals)^2 normal equations of the late window's two key domains.
 
 Calibration (peak resident memory of a fresh process: load, capture, every metric; 2-core CPU, glibc
-with :func:`abspos_utils.capture.limit_heap_fragmentation`; "measured" from runs one at a time):
+with :func:`abspos_utils.capture.limit_heap_fragmentation`; ``abspos bench --scaling``, 27 Nov 2026; the
+README has the whole table):
 
-==============  =====  ===  ===  ===  ============  =============  =====
-model           T      N    B    G    measured GiB  predicted GiB  ratio
-==============  =====  ===  ===  ===  ============  =============  =====
-tiny-llama      512    8    8    8    0.68          0.76           1.13
-tiny-llama      1024   16   4    4    1.23          1.34           1.09
-tiny-llama      2048   4    1    2    1.60          1.83           1.15
-smollm2-135m    256    8    8    8    1.56-1.61     1.41           0.88
-smollm2-135m    512    16   4    4    2.80          2.62           0.93
-==============  =====  ===  ===  ===  ============  =============  =====
+=====================================  =====  ===  ===  ===  ============  =============  =====
+model                                  T      N    B    G    measured GiB  predicted GiB  ratio
+=====================================  =====  ===  ===  ===  ============  =============  =====
+smollm2-135m                           512    4    4    4    1.68          1.70           1.01
+smollm2-135m                           512    64   4    4    2.45          2.15           0.88
+smollm2-135m                           1024   4    4    4    3.59          3.73           1.04
+smollm2-135m                           1024   64   4    4    5.12          4.58           0.89
+smollm2-135m                           2048   8    4    4    15.15         14.97          0.99
+smollm2-135m, late_rows 64             2048   16   4    16   6.85          6.87           1.00
+random Llama-3.1-8B shape, 2 layers    2048   8    2    4    11.26         12.17          1.08
+=====================================  =====  ===  ===  ===  ============  =============  =====
 
 On a GPU the weights, maps and hidden states sit on the accelerator and the statistics on the host.
 """
@@ -185,9 +188,11 @@ class Plan:
     def __str__(self) -> str:
         late = "full [T/2, T)" if self.late_rows is None else f"{self.late_rows} strided rows of [T/2, T)"
         lines = [f"Memory plan: {self.model}, T = {self.seq_len}, N = {self.n_prompts}, batch {self.batch_size}, "
-                 f"{self.n_groups} prompt groups, {self.dtype} on {self.device}, {self.engine} engine, late window {late}",
+                 f"{self.n_groups} prompt group{'s' if self.n_groups != 1 else ''}, {self.dtype} on {self.device}, {self.engine} engine, late window {late}",
                  f"  {'part':<26}{'host GiB':>10}{'accelerator GiB':>17}"]
         for part in dict.fromkeys([*self.host, *self.accelerator]):
+            if not self.host.get(part) and not self.accelerator.get(part):
+                continue  # a part that costs nothing here (e.g. finalising within the trace's transients)
             acc = f"{self.accelerator[part] / GiB:>17.2f}" if part in self.accelerator else f"{'':>17}"
             host = f"{self.host[part] / GiB:>10.2f}" if part in self.host else f"{'':>10}"
             lines.append(f"  {part:<26}{host}{acc}")

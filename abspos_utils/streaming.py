@@ -35,11 +35,12 @@ drawn with it). Hence:
   sum_g v_g C_g / sum_g v_g k_g.
 
 Only the raw part needs P-sized sums; the relative, row and count parts use the row and diagonal sums
-(``PairDomain.sums``, O(T)), but the raw sums contain them, so one P-sized float64 sum per group, layer,
+(``PairDomain.sums``, O(T)), but the raw sums contain them, so one P-sized float32 sum per group, layer,
 head and window is all that is stored (the bulk domain j >= 1 is a subset of the window's pairs).
-Memory: G x L x H x P x 8 bytes per window (4 with one prompt per group, whose float32 values are kept as they
-come), independent of N. Use :func:`strided_pairs` to make P
-linear in T on the late window.
+Memory: G x L x H x P x 4 bytes per window (float32 sums, the precision of the values), independent of N.
+With G < N the capture sums each batch over its groups inside the trace and hands over only O(T) numbers
+per prompt for the self terms (:meth:`DecompositionAccumulator.add_reduced`). Use :func:`strided_pairs` to
+make P linear in T on the late window.
 """
 
 from __future__ import annotations
