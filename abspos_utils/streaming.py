@@ -344,19 +344,28 @@ class DecompositionAccumulator:
         self.state: dict[tuple[int, str], _WindowState] = {}
         self.seen: dict[tuple[int, str], int] = {}
 
-    def add(self, layer: int, window: str, rows: np.ndarray, cols: np.ndarray, n_visible, values: PairValues,
-            start: int | None = None) -> None:
+    def _window(self, layer: int, window: str, rows: np.ndarray, cols: np.ndarray, n_visible, n_heads: int) -> _WindowState:
+        """The state of one layer's window, made when its first batch arrives."""
         key = (layer, window)
         if key not in self.state:
             n_visible = n_visible.cpu().numpy() if isinstance(n_visible, Tensor) else n_visible
-            self.state[key] = _WindowState(rows, cols, n_visible, values.shape[1], self.n_groups, self.device,
+            self.state[key] = _WindowState(rows, cols, n_visible, n_heads, self.n_groups, self.device,
                                            singletons=self.n_groups == self.n_prompts)
             self.seen[key] = 0
-        start = self.seen[key] if start is None else start
-        if start + values.shape[0] > self.n_prompts:
+        return self.state[key]
+
+    def _take(self, layer: int, window: str, start: int, n: int) -> Tensor:
+        """The groups of the prompts start, ..., start + n - 1 fed to one layer's window (counted as seen)."""
+        if start + n > self.n_prompts:
             raise AbsposError(f"More than the announced {self.n_prompts} prompts were fed to the accumulator.")
-        self.state[key].add(values, self.group[start : start + values.shape[0]])
-        self.seen[key] = max(self.seen[key], start + values.shape[0])
+        self.seen[(layer, window)] = max(self.seen[(layer, window)], start + n)
+        return self.group[start : start + n]
+
+    def add(self, layer: int, window: str, rows: np.ndarray, cols: np.ndarray, n_visible, values: PairValues,
+            start: int | None = None) -> None:
+        state = self._window(layer, window, rows, cols, n_visible, values.shape[1])
+        start = self.seen[(layer, window)] if start is None else start
+        state.add(values, self._take(layer, window, start, values.shape[0]))
 
     def add_reduced(self, layer: int, window: str, rows: np.ndarray, cols: np.ndarray, n_visible, start: int,
                     group_sums: GroupSums, squares: Tensor, row_sums: Tensor, diag_sums: Tensor,
@@ -364,20 +373,13 @@ class DecompositionAccumulator:
         """Like :meth:`add`, for a batch of the prompts start, start + 1, ... already summed over its prompt
         groups inside the trace (``group_sums`` (g, H, P), the batch's groups in order, g of them) with the
         per-prompt reductions the self terms need (see ``_WindowState.add_reduced``)."""
-        key = (layer, window)
-        if key not in self.state:
-            n_visible = n_visible.cpu().numpy() if isinstance(n_visible, Tensor) else n_visible
-            self.state[key] = _WindowState(rows, cols, n_visible, group_sums.shape[1], self.n_groups, self.device)
-            self.seen[key] = 0
+        state = self._window(layer, window, rows, cols, n_visible, group_sums.shape[1])
         n = squares.shape[0]
-        if start + n > self.n_prompts:
-            raise AbsposError(f"More than the announced {self.n_prompts} prompts were fed to the accumulator.")
-        groups = self.group[start : start + n]
+        groups = self._take(layer, window, start, n)
         if len(group_sums) != int(groups[-1] - groups[0]) + 1:
             raise AbsposError(f"A batch of prompts {start}..{start + n - 1} spans {int(groups[-1] - groups[0]) + 1} "
                               f"prompt groups but came with {len(group_sums)} group sums.")
-        self.state[key].add_reduced(group_sums, int(groups[0]), groups, squares, row_sums, diag_sums, key0_values)
-        self.seen[key] = max(self.seen[key], start + n)
+        state.add_reduced(group_sums, int(groups[0]), groups, squares, row_sums, diag_sums, key0_values)
 
     def batch_groups(self, start: int, n: int) -> list[int]:
         """The group of each of the prompts start, ..., start + n - 1, counted from the first one's (what
