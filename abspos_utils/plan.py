@@ -252,7 +252,7 @@ def predict(shape: ModelShape, seq_len: int, n_prompts: int, batch_size: int, n_
         # one batch's saved results, every layer's pair values (float32), until they are fed to the group
         # sums: per prompt on the early window; on the late window per prompt with one prompt per group, else
         # summed over the batch's groups in the trace (capture.reduce_batches; streaming.group_of's blocks);
-        # beside them, one layer's float64 copy (the self terms' reductions, or the Grams when finalising)
+        # beside them, one layer's float64 copy in the trace (the self terms' reductions)
         group = np.arange(N) * G // N
         groups_in_batch = B if G == N else max(len(np.unique(group[s : s + B])) for s in range(0, N, B))
         statistics["batch results"] = 4 * B * H * early + 4 * groups_in_batch * H * late + 8 * B * H * biggest
@@ -267,9 +267,8 @@ def predict(shape: ModelShape, seq_len: int, n_prompts: int, batch_size: int, n_
         # finalising converts one layer's group sums to float64 and reduces them, after the last trace: only
         # its excess over the trace's transients counts
         statistics["finalising (one layer)"] = max(0, 8 * G * H * biggest * 2 - trace)
-    if engine != "in-memory" and N <= B:
-        # one batch: the group sums are filled after the trace, when its maps are gone
-        statistics["group sums (G)"] = max(0, statistics["group sums (G)"] - trace)
+        if N <= B:  # one batch: the group sums are filled after the trace, when its maps are gone
+            statistics["group sums (G)"] = max(0, statistics["group sums (G)"] - trace)
     if remote:
         return {"runtime": RUNTIME_BYTES, **statistics}, {}
     if device == "cpu":
