@@ -217,7 +217,11 @@ PEAK_POINTS = {
 }
 
 
-def scaling(model: str = "smollm2-135m", parts=("n", "t", "llama8b", "n1024", "fit8"), max_groups: int = 4,
+#: Every part of the scaling table, in the order it runs (``abspos bench --scaling`` lists them as choices).
+SCALING_PARTS = (*SCALING_POINTS, "llama8b", *PEAK_POINTS)
+
+
+def scaling(model: str = "smollm2-135m", parts=SCALING_PARTS, max_groups: int = 4,
             max_batch: int = 4,
             timeout: int = 1800) -> list[dict]:
     """The scaling table: for each (T, N) of :data:`SCALING_POINTS` (parts "n" and "t") and the random

@@ -41,10 +41,10 @@ def _models_describe(args: argparse.Namespace) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from .bench import main as bench_main, scaling
+    from .bench import SCALING_PARTS, main as bench_main, scaling
 
     if args.scaling is not None:
-        scaling(model=args.model if args.model != "gemma3-270m" else "smollm2-135m", parts=args.scaling or ("n", "t", "llama8b", "n1024", "fit8"),
+        scaling(model=args.model if args.model != "gemma3-270m" else "smollm2-135m", parts=args.scaling or SCALING_PARTS,
                 max_groups=args.max_groups, max_batch=args.max_batch)
         return
     bench_main(model=args.model, seq_lens=args.seq_len, n_prompts=args.n_prompts, device=args.device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 
@@ -113,3 +114,13 @@ def test_a_remote_run_plans_only_the_statistics_on_this_machine():
     remote = P.plan(shape, 128, 16, host_available=16 * P.GiB, remote=True)
     assert remote.fits and "weights" not in remote.host and not remote.accelerator
     assert "remote" in str(remote)
+
+
+def test_the_command_line_offers_every_part_of_the_scaling_table():
+    """`abspos bench --scaling` lists its parts without importing torch; they are bench.SCALING_PARTS."""
+    from abspos_utils import bench, cli
+
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    scaling = next(a for a in commands.choices["bench"]._actions if a.dest == "scaling")
+    assert tuple(scaling.choices) == bench.SCALING_PARTS
