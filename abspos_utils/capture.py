@@ -44,8 +44,10 @@ DEFAULT_EARLY_END = 32  # early queries are [1, 32) unless a notebook says other
 #: is, and which metrics read it). The windowed log-weights and log Z_i are always kept (the decomposition
 #: and every statistic below start from them); ``collect(statistics=...)`` keeps a subset of these.
 STATISTICS: dict[str, tuple[str, str]] = {
-    "key0": ("(B, H, T)", "a_i0, the attention each query pays to position 0: sink scores, sink rate, sink curve"),
-    "entropy": ("(B, H, T)", "-sum_j a_ij log a_ij, the row entropy: metrics.row_statistics (chapter 01)"),
+    "key0": ("(B, H, T)", "a_i0, the attention each query pays to position 0, kept as each prompt's sink score and "
+                          "the mean over prompts: sink scores, sink rate, sink curve"),
+    "entropy": ("(B, H, T)", "-sum_j a_ij log a_ij, the row entropy, kept as its mean over prompts: "
+                             "metrics.row_statistics (chapter 01)"),
     "scores_early": ("(B, H, P_early)", "s_ij on the early window before the softmax: metrics.linear_table (ΔR² of s)"),
     "sink_writes": ("(B, H, d)", "W_O^h v_0, what head h writes per unit of attention on position 0: fingerprints"),
     "resid0": ("(B, d) per layer", "the position-0 residual stream after each layer: trajectory, fingerprints"),
@@ -56,7 +58,9 @@ STRIDED = "late, strided"  # the window name of collect(strided_check=...)
 #: What the trace returns for a window it sums over prompt groups, in the order of
 #: :meth:`streaming.DecompositionAccumulator.add_reduced`'s arguments (see :func:`reduce_batches`).
 SUMMED_PARTS = ("sum", "squares", "row_sums", "diag_sums", "key0_values")
-FIELDS = {"scores_early": "early_scores", "probe": "probe_resid"}  # the CapturedStatistics field of each
+#: The CapturedStatistics field of each statistic whose field has another name.
+WITH_EMBEDDING = ("resid0", "probe")  # kept with the embedding output first, as depth 0
+FIELDS = {"key0": "sink_score", "entropy": "mean_entropy", "scores_early": "early_scores", "probe": "probe_resid"}
 
 
 def query_windows(seq_len: int, early_end: int = DEFAULT_EARLY_END) -> dict[str, tuple[int, int]]:
@@ -208,9 +212,13 @@ class CapturedStatistics:
 
     - ``window_logw[w][l]``: (N, H, P) log a_ij on the visible pairs ``pairs[w][l]`` of window ``w``;
     - ``early_scores[l]``: (N, H, P) the pre-softmax s_ij on the early window (for linear ΔR² on s);
-    - ``key0``: (L, N, H, T) a_i0, the attention each query pays to position 0;
-    - ``entropy``, ``log_z``: (L, N, H, T) row entropy of a and log Z_i (log-sum-exp of the softmax input,
-      which is s_ij on the visible pairs when the model applies no soft-cap);
+    - ``sink_score``: (L, N, H) float64, each prompt's sink score: the mean of a_i0 (the attention query i
+      pays to position 0) over the queries i >= 1 that see key 0 (:func:`metrics.prompt_sink_scores`);
+    - ``mean_key0``: (L, H, T) float64, a_i0 averaged over prompts;
+    - ``mean_entropy``, ``mean_log_z``: (L, H, T) float64, the row entropy of a and log Z_i (log-sum-exp of the
+      softmax input, which is s_ij on the visible pairs when the model applies no soft-cap), averaged over
+      prompts (a_i0, H_i and log Z_i are reduced over prompts batch by batch, so that no (N, T) array of
+      them is kept);
     - ``n_visible``: (L, T) number of visible keys of each query;
     - ``sink_writes``: (L, N, H, d) W_O^h v_0, what head h writes per unit of attention on position 0;
     - ``resid0``: (L + 1, N, d) position-0 residual stream: the embedding output, then after each layer;
@@ -231,9 +239,10 @@ class CapturedStatistics:
     pairs: dict[str, list[WindowPairs]]
     window_logw: dict[str, list[Tensor]]
     early_scores: list[Tensor] | None
-    key0: Tensor | None
-    entropy: Tensor | None
-    log_z: Tensor
+    sink_score: Tensor | None
+    mean_key0: Tensor | None
+    mean_entropy: Tensor | None
+    mean_log_z: Tensor
     n_visible: Tensor
     sink_writes: Tensor | None
     resid0: Tensor | None
@@ -247,11 +256,11 @@ class CapturedStatistics:
 
     @property
     def n_prompts(self) -> int:
-        return int(self.log_z.shape[1])
+        return int(self.prompts["n_prompts"])
 
     @property
     def seq_len(self) -> int:
-        return int(self.log_z.shape[-1])
+        return int(self.n_visible.shape[-1])
 
 
 
@@ -311,7 +320,7 @@ def trace_spec(loaded: LoadedModel, layers: list[int], rows: dict[str, Tensor], 
 
 
 def reduce_batches(traced, batches: list[Tensor], spec: dict, position0: list | None = None, remote=False,
-                   groups: list[list[int]] | None = None) -> list[dict]:
+                   groups: list[list[int]] | None = None, add_into: list[dict | None] | None = None) -> list[dict]:
     """Run ``batches`` through the model in **one** ``model.session`` (one request when ``remote``) and
     reduce every captured layer inside its trace, with torch operations only, to what the metrics read.
 
@@ -324,7 +333,10 @@ def reduce_batches(traced, batches: list[Tensor], spec: dict, position0: list | 
     prompt of each batch, counted from 0 in the batch) with ``squares_<window>`` (B, H) sum_ij x_ij^2,
     ``row_sums_<window>`` and ``diag_sums_<window>`` (B, H, T, float64, indexed by i and i - j) and
     ``key0_values_<window>`` (B, H, K) for the self terms (:meth:`streaming.DecompositionAccumulator.add_reduced`:
-    a batch then returns g rather than B copies of its largest statistic); ``log_z`` (B, H, T) log Z_i, and those of
+    a batch then returns g rather than B copies of its largest statistic; ``add_into``, local runs only: per batch
+    None or {layer: {window: the host's running sums of the batch's groups, (g, H, P_w)}}, to which the trace
+    adds the batch's sums in place instead of returning them, so that no layer's sums outlive its layer);
+    ``log_z`` (B, H, T) log Z_i, and those of
     the :data:`STATISTICS` named in ``spec["statistics"]``: ``scores_early`` (B, H, P_early) s_ij, ``key0``
     a_i0 and ``entropy`` (each (B, H, T)), ``sink_writes`` W_O^h v_0 (B, H, d) with W_O read where the model
     lives, ``resid0`` (B, d), ``probe`` (B, P, d); ``q``/``k``/``v`` at ``spec["qkv"]``; and, for the first
@@ -340,6 +352,10 @@ def reduce_batches(traced, batches: list[Tensor], spec: dict, position0: list | 
     import nnsight
 
     position0 = position0 or [None] * len(batches)
+    add_into = add_into or [None] * len(batches)
+    if remote and any(into is not None for into in add_into):
+        raise AbsposError("reduce_batches adds into host tensors only when it runs locally (remote=False): a "
+                          "remote trace returns its sums.")
     if spec["summed"] and groups is None:
         raise AbsposError("reduce_batches sums the windows " + ", ".join(spec["summed"]) + " over prompt groups: "
                           "pass groups= (each batch's prompt groups, DecompositionAccumulator.batch_groups).")
@@ -417,19 +433,30 @@ def reduce_batches(traced, batches: list[Tensor], spec: dict, position0: list | 
                             # diagonal sums (float64, indexed by i and i - j) and its values on the key-0 pairs
                             local = torch.tensor(groups[number], device=logw.device)
                             summed = torch.zeros(int(local.max()) + 1, *logw.shape[1:], dtype=logw.dtype,
-                                                 device=logw.device)
-                            stats["sum_" + name] = summed.index_add_(0, local, logw).cpu()
-                            exact = logw.double()
-                            stats["squares_" + name] = (exact * exact).sum(-1).cpu()
-                            query = (flat // T).expand(exact.shape)
-                            stats["row_sums_" + name] = torch.zeros(*exact.shape[:2], T, dtype=exact.dtype,
-                                                                    device=exact.device).scatter_add_(-1, query, exact).cpu()
-                            offset = (flat // T - flat % T).expand(exact.shape)
-                            stats["diag_sums_" + name] = torch.zeros(*exact.shape[:2], T, dtype=exact.dtype,
-                                                                     device=exact.device).scatter_add_(-1, offset, exact).cpu()
+                                                 device=logw.device).index_add_(0, local, logw)
+                            if add_into[number] is None:
+                                stats["sum_" + name] = summed.cpu()
+                            else:
+                                running = add_into[number][index][name]
+                                running += summed.to(running.device)
+                            # per head, so that no float64 copy of the whole window is made
+                            n_prompts, n_heads = logw.shape[:2]
+                            squares = torch.zeros(n_prompts, n_heads, dtype=torch.float64, device=logw.device)
+                            row_sums = torch.zeros(n_prompts, n_heads, T, dtype=torch.float64, device=logw.device)
+                            diag_sums = torch.zeros(n_prompts, n_heads, T, dtype=torch.float64, device=logw.device)
+                            query = (flat // T).expand(n_prompts, -1)
+                            offset = (flat // T - flat % T).expand(n_prompts, -1)
+                            for head in range(n_heads):
+                                exact = logw[:, head].double()
+                                squares[:, head] = torch.linalg.vecdot(exact, exact)
+                                row_sums[:, head] = row_sums[:, head].scatter_add(-1, query, exact)
+                                diag_sums[:, head] = diag_sums[:, head].scatter_add(-1, offset, exact)
+                            stats["squares_" + name] = squares.cpu()
+                            stats["row_sums_" + name] = row_sums.cpu()
+                            stats["diag_sums_" + name] = diag_sums.cpu()
                             # (a copy: on the CPU a view would keep the whole window alive)
                             stats["key0_values_" + name] = logw[..., logw.shape[-1] - int((flat % T == 0).sum()):].clone().cpu()
-                            del summed, exact, query, offset
+                            del summed, exact, query, offset, squares, row_sums, diag_sums
                         else:
                             stats["logw_" + name] = logw.cpu()
                         del logw
@@ -543,6 +570,7 @@ def collect(
     ``decompose=False`` skips the decomposition (``decomposition`` is then None). ``statistics``: the
     names of :data:`STATISTICS` to keep (default: all); a field not kept is None.
     """
+    from .metrics import prompt_sink_scores
     from .streaming import DecompositionAccumulator
 
     check_bos(prompts)
@@ -585,27 +613,54 @@ def collect(
         batch_size = max(1, min(16, int(2**26 // (H * T * T))))
     batches = list(prompts.input_ids.split(batch_size))
     offsets = np.cumsum([0] + [len(b) for b in batches]).tolist()
-    # each layer's per-prompt statistics, written in place into (N, ...) buffers made at the first batch: no
-    # per-batch allocation outlives its batch (which would fragment the heap) and nothing is concatenated
+    # the per-prompt statistics, written in place into buffers made at the first batch: (L, N, ...), with
+    # the embedding output first where a statistic has it ((L + 1, N, ...)), or (N, ...) per layer for the
+    # window log-weights and scores, whose pairs differ between layer kinds. No per-batch allocation
+    # outlives its batch (which would fragment the heap) and nothing is stacked or concatenated at the end
+    depth = {layer: position for position, layer in enumerate(layers)}
+    kept: dict[str, Tensor] = {}
     per_layer: dict[int, dict[str, Tensor]] = {i: {} for i in layers}
+    # a_i0, H_i and log Z_i are read only as means over prompts and (a_i0) as each prompt's sink score:
+    # their float64 sums over prompts, (L, H, T), not an (L, N, H, T) array each
+    over_prompts: dict[str, Tensor] = {}
 
-    def keep(layer: int, key: str, start: int, value: Tensor) -> None:
-        if key not in per_layer[layer]:
-            per_layer[layer][key] = torch.empty(N, *value.shape[1:], dtype=value.dtype)
-        per_layer[layer][key][start : start + len(value)] = value
+    def keep(layer: int | None, key: str, start: int, value: Tensor) -> None:
+        """Write a batch's values of one layer (None: the embedding output) from prompt ``start`` on."""
+        if key.startswith("logw_") or key == "scores_early":
+            if key not in per_layer[layer]:
+                per_layer[layer][key] = torch.empty(N, *value.shape[1:], dtype=value.dtype)
+            per_layer[layer][key][start : start + len(value)] = value
+            return
+        embedded = int(key in WITH_EMBEDDING)
+        if key not in kept:
+            kept[key] = torch.empty(len(layers) + embedded, N, *value.shape[1:], dtype=value.dtype)
+        kept[key][0 if layer is None else depth[layer] + embedded, start : start + len(value)] = value
+
+    def add_over_prompts(layer: int, key: str, value: Tensor) -> None:
+        if key not in over_prompts:
+            over_prompts[key] = torch.zeros(len(layers), *value.shape[1:], dtype=torch.float64)
+        over_prompts[key][depth[layer]] += value.double().sum(0)
+
+    def running_sums(start: int, n: int) -> dict | None:
+        into = {layer: {name: accumulator.running_sums(layer, name, start, n) for name in summed} for layer in layers}
+        return None if any(s is None for by_name in into.values() for s in by_name.values()) else into
     pairs: dict[str, dict[int, WindowPairs]] = {w: {} for w in windows}
     visible_rows: dict[int, Tensor] = {}
     masks: dict[tuple[bytes, bytes], dict[str, WindowPairs]] = {}
-    embeds, embed_probe, losses = [], [], []
+    losses = []
     bar = tqdm(total=len(batches), desc=f"{loaded.name} [{intervention.label}]", disable=not progress, leave=False)
     for first in range(0, len(batches), batches_per_request):
         chunk = list(range(first, min(first + batches_per_request, len(batches))))
         replacements = [intervention.for_batch(offsets[b], offsets[b + 1]).position0 for b in chunk]
+        # run locally, the trace adds each batch's group sums to the accumulator's running sums in place (once
+        # the first batch has made them), so that a batch's sums of every layer are not held until it ends
+        add_into = [running_sums(offsets[b], len(batches[b])) if summed and not remote else None for b in chunk]
         try:  # no autograd graph, even for a model handed in with trainable parameters
             with torch.no_grad():
                 results = reduce_batches(traced, [batches[b] for b in chunk], spec,
                                          replacements if intervention.position0 is not None else None, remote,
-                                         [accumulator.batch_groups(offsets[b], len(batches[b])) for b in chunk])
+                                         [accumulator.batch_groups(offsets[b], len(batches[b])) for b in chunk],
+                                         add_into)
         except torch.OutOfMemoryError:
             raise AbsposError(
                 f"Out of memory on a batch of {batch_size} prompts of {T} tokens: lower batch_size, seq_len or the "
@@ -630,7 +685,8 @@ def collect(
                     p = pairs[name][layer]
                     if name in summed:
                         accumulator.add_reduced(layer, name, p.rows, p.cols, visible_rows[layer], start,
-                                                *(stats.pop(f"{part}_{name}") for part in SUMMED_PARTS))
+                                                stats.pop(f"sum_{name}", None),  # None: added in the trace
+                                                *(stats.pop(f"{part}_{name}") for part in SUMMED_PARTS[1:]))
                         continue
                     values = stats.pop(f"logw_{name}")
                     if decompose:
@@ -639,10 +695,17 @@ def collect(
                         keep(layer, f"logw_{name}", start, values)
                     del values
                 for key, value in stats.items():
-                    if key not in ("n_visible", "first_key", "banded"):
+                    if key in ("n_visible", "first_key", "banded"):
+                        continue
+                    if key == "key0":
+                        keep(layer, "sink_score", start, prompt_sink_scores(value, visible_rows[layer]))
+                    if key in ("key0", "entropy", "log_z"):
+                        add_over_prompts(layer, key, value)
+                    else:
                         keep(layer, key, start, value)
-            embeds.append(saved["embed0"])
-            embed_probe.append(saved["embed_probe"])
+            for key, embedded in (("resid0", "embed0"), ("probe", "embed_probe")):
+                if key in kept:
+                    keep(None, key, start, saved[embedded])
             losses.append(saved.get("loss"))
             for layer in layers:  # empty the saved containers: nnsight may still hold them until the next trace
                 saved[layer].clear()
@@ -652,14 +715,8 @@ def collect(
         del results, saved, stats
     bar.close()
 
-    def stacked(key: str) -> Tensor | None:
-        if key not in per_layer[layers[0]]:
-            return None  # a statistic not asked for
-        return torch.stack([per_layer[i].pop(key) for i in layers])
-
-    def with_embedding(key: str, embedded: list[Tensor]) -> Tensor | None:
-        layered = stacked(key)
-        return None if layered is None else torch.cat([torch.cat(embedded)[None], layered])
+    def mean_over_prompts(key: str) -> Tensor | None:
+        return over_prompts[key].div_(N) if key in over_prompts else None  # None: a statistic not asked for
 
     kinds = [arch.layers[i].kind if intervention.window is None else "sliding (imposed)" for i in layers]
     decomposition = accumulator.finalize(loaded.name, intervention.label, kinds) if decompose else None
@@ -673,16 +730,17 @@ def collect(
         pairs={w: [pairs[w][i] for i in layers] for w in windows},
         window_logw={w: [per_layer[i][f"logw_{w}"] for i in layers] for w in kept_windows},
         early_scores=[per_layer[i]["scores_early"] for i in layers] if "scores_early" in statistics else None,
-        key0=stacked("key0"),
-        entropy=stacked("entropy"),
-        log_z=stacked("log_z"),
+        sink_score=kept.get("sink_score"),
+        mean_key0=mean_over_prompts("key0"),
+        mean_entropy=mean_over_prompts("entropy"),
+        mean_log_z=mean_over_prompts("log_z"),
         n_visible=torch.stack([visible_rows[i] for i in layers]),
-        sink_writes=stacked("sink_writes"),
-        resid0=with_embedding("resid0", embeds),
+        sink_writes=kept.get("sink_writes"),
+        resid0=kept.get("resid0"),
         probe_positions=probe_positions,
-        probe_resid=with_embedding("probe", embed_probe),
+        probe_resid=kept.get("probe"),
         loss=torch.cat(losses) if with_loss else None,
-        qkv={name: stacked(name) for name in "qkv"} if qkv_positions else {},
+        qkv={name: kept[name] for name in "qkv"} if qkv_positions else {},
         qkv_positions=list(qkv_positions),
         meta={"window": intervention.window, "late_rows": late_rows, "statistics": list(statistics),
               "n_groups": decomposition.n_groups if decompose else None,

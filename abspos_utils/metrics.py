@@ -606,7 +606,7 @@ def stabilizer_table(cap: CapturedStatistics, window: str = "early", epsilon: fl
     the sink (score > epsilon)."""
     require(cap, "key0")
     slope = count_slopes(cap, window).mean(1)  # (L, H)
-    scores = sink_scores(cap.key0, cap.n_visible)
+    scores = sink_scores(cap.sink_score)
     L, H = slope.shape
     return pd.DataFrame(dict(model=cap.model, condition=cap.condition, window=window,
                              layer=np.repeat(cap.layers, H), head=np.tile(np.arange(H), L),
@@ -620,7 +620,7 @@ def stabilizer(cap: CapturedStatistics, window: str = "early", sink_reading: boo
     share of the count term they cancel, with a bootstrap interval over prompts (the heads are chosen once,
     by their sink score on all prompts). NaN when there is no such head."""
     require(cap, "key0")
-    chosen = (sink_scores(cap.key0, cap.n_visible) > epsilon) == sink_reading  # (L, H)
+    chosen = (sink_scores(cap.sink_score) > epsilon) == sink_reading  # (L, H)
     if not bool(chosen.any()):
         return Estimate.missing()
     slopes = count_slopes(cap, window).permute(0, 2, 1)  # (L, H, N)
@@ -633,7 +633,7 @@ def stabilizer_rows(cap: CapturedStatistics, window: str = "early", epsilon: flo
                     seed: int = 0) -> list[dict]:
     """Table rows of :func:`stabilizer` for the sink-reading heads and for the other heads (estimate
     ``cancelled``, with the number of heads in each group)."""
-    reading = sink_scores(cap.key0, cap.n_visible) > epsilon
+    reading = sink_scores(cap.sink_score) > epsilon
     return [dict(model=cap.model, condition=cap.condition, window=window,
                  heads="sink-reading" if group else "other", n_heads=int((reading == group).sum()),
                  **stabilizer(cap, window, group, epsilon, seed=seed).columns("cancelled"))
@@ -731,21 +731,26 @@ def linear_table(cap: CapturedStatistics) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------------
 
 
-def sink_scores(key0: Float[Tensor, "layer prompt head query"], n_visible: Float[Tensor, "layer query"],
-                weights: Tensor | None = None) -> Tensor:
-    """Sink score per layer and head, (L, H): mean a_i0 over prompts and over the queries i >= 1 that can
-    see key 0 (all of keys 0..i visible; a sliding window hides key 0 from i >= W)."""
+def prompt_sink_scores(key0: Float[Tensor, "*batch query"], n_visible: Float[Tensor, " query"]) -> Float[Tensor, "*batch"]:
+    """The sink score of each prompt (and head): the mean of a_i0, the attention query i pays to position 0,
+    over the queries i >= 1 that can see key 0 (all of keys 0..i visible; a sliding window hides key 0
+    from i >= W), in float64."""
     T = key0.shape[-1]
-    sees = (n_visible >= torch.arange(1, T + 1)).double()
-    sees[:, 0] = 0.0
-    per_prompt = (key0.double() * sees[:, None, None, :]).sum(-1) / sees.sum(-1).clamp_min(1)[:, None, None]
-    return _weighted_mean(per_prompt.permute(0, 2, 1), weights)
+    sees = (n_visible.cpu() >= torch.arange(1, T + 1)).double()
+    sees[0] = 0.0
+    return (key0.double().cpu() * sees).sum(-1) / sees.sum().clamp_min(1)
+
+
+def sink_scores(prompt_scores: Float[Tensor, "layer prompt head"], weights: Tensor | None = None) -> Tensor:
+    """Sink score per layer and head, (L, H) (or (B, L, H) with bootstrap ``weights`` over prompts): the
+    mean over prompts of each prompt's score (:func:`prompt_sink_scores`, ``CapturedStatistics.sink_score``)."""
+    return _weighted_mean(prompt_scores.permute(0, 2, 1), weights)
 
 
 def sink_table(cap: CapturedStatistics, epsilon: float = SINK_EPSILON) -> pd.DataFrame:
     """One row per layer and head: sink score and whether the head is sink-reading (score > epsilon)."""
     require(cap, "key0")
-    scores = sink_scores(cap.key0, cap.n_visible)
+    scores = sink_scores(cap.sink_score)
     L, H = scores.shape
     return pd.DataFrame(dict(model=cap.model, condition=cap.condition, layer=np.repeat(cap.layers, H),
                              layer_kind=np.repeat(cap.layer_kind, H), head=np.tile(np.arange(H), L),
@@ -765,7 +770,7 @@ def sink_reading_heads(table: pd.DataFrame, epsilon: float = SINK_EPSILON, fallb
 def _sink_rates(cap: CapturedStatistics, epsilon: float, weights: Tensor | None) -> Tensor:
     """Share of (layer, head) pairs with sink score > epsilon: a scalar, or one per bootstrap draw."""
     require(cap, "key0")
-    return (sink_scores(cap.key0, cap.n_visible, weights) > epsilon).double().mean((-1, -2))
+    return (sink_scores(cap.sink_score, weights) > epsilon).double().mean((-1, -2))
 
 
 def sink_rate(cap: CapturedStatistics, epsilon: float = SINK_EPSILON, n_boot: int = N_BOOTSTRAP,
@@ -803,7 +808,7 @@ def compare_sink_rate_row(before: CapturedStatistics, after: CapturedStatistics,
 def sink_curve(cap: CapturedStatistics) -> pd.DataFrame:
     """Mean a_i0 over prompts and heads per layer and query, beside the uniform 1 / n_i."""
     require(cap, "key0")
-    mean = cap.key0.mean((1, 2))  # (L, T)
+    mean = cap.mean_key0.mean(1)  # (L, T)
     L, T = mean.shape
     return pd.DataFrame(dict(model=cap.model, condition=cap.condition, layer=np.repeat(cap.layers, T),
                              query=np.tile(np.arange(T), L), key0_weight=mean.reshape(-1).numpy(),
@@ -813,11 +818,11 @@ def sink_curve(cap: CapturedStatistics) -> pd.DataFrame:
 def row_statistics(cap: CapturedStatistics) -> pd.DataFrame:
     """Per layer and query (mean over prompts and heads): log Z_i, number of visible keys, entropy."""
     require(cap, "entropy")
-    L, _, _, T = cap.log_z.shape
+    L, _, T = cap.mean_log_z.shape
     return pd.DataFrame(dict(model=cap.model, condition=cap.condition, layer=np.repeat(cap.layers, T),
-                             query=np.tile(np.arange(T), L), log_z=cap.log_z.mean((1, 2)).reshape(-1).numpy(),
+                             query=np.tile(np.arange(T), L), log_z=cap.mean_log_z.mean(1).reshape(-1).numpy(),
                              n_visible=cap.n_visible.reshape(-1).numpy(),
-                             entropy=cap.entropy.mean((1, 2)).reshape(-1).numpy(),
+                             entropy=cap.mean_entropy.mean(1).reshape(-1).numpy(),
                              uniform_entropy=np.log(cap.n_visible.double()).reshape(-1).numpy()))
 
 

@@ -270,14 +270,16 @@ class _WindowState:
             for part, value in self_terms(x[..., select], domain, key0).items():
                 self.self_pairs[keys][part].index_add_(0, groups, value.to(self.sums.device))
 
-    def add_reduced(self, group_sums: GroupSums, first_group: int, groups: Tensor, squares: Tensor,
+    def add_reduced(self, group_sums: GroupSums | None, first_group: int, groups: Tensor, squares: Tensor,
                     row_sums: Tensor, diag_sums: Tensor, key0_values: Tensor) -> None:
         """A batch already summed over its prompt groups in the trace: ``group_sums`` (g, H, P) of the
-        groups first_group, ..., first_group + g - 1, and per prompt (``groups`` its group) sum_ij x_ij^2
+        groups first_group, ..., first_group + g - 1 (None: the trace added them to :meth:`running_sums`
+        itself), and per prompt (``groups`` its group) sum_ij x_ij^2
         (B, H), its row and diagonal sums indexed by the row i and the offset i - j (B, H, T) and its values
         on the key-0 pairs (B, H, K): the self terms of both key domains follow from these
         (:func:`self_terms_from_sums`)."""
-        self.sums[first_group : first_group + len(group_sums)] += group_sums.to(self.sums.device, self.sums.dtype)
+        if group_sums is not None:
+            self.sums[first_group : first_group + len(group_sums)] += group_sums.to(self.sums.device, self.sums.dtype)
         groups = groups.to(self.sums.device)
         squares, row_sums, diag_sums, key0_values = (t.cpu().double() for t in (squares, row_sums, diag_sums, key0_values))
         for keys, (_, domain, key0) in self.domains.items():
@@ -373,13 +375,23 @@ class DecompositionAccumulator:
         """Like :meth:`add`, for a batch of the prompts start, start + 1, ... already summed over its prompt
         groups inside the trace (``group_sums`` (g, H, P), the batch's groups in order, g of them) with the
         per-prompt reductions the self terms need (see ``_WindowState.add_reduced``)."""
-        state = self._window(layer, window, rows, cols, n_visible, group_sums.shape[1])
+        state = self._window(layer, window, rows, cols, n_visible, squares.shape[1])
         n = squares.shape[0]
         groups = self._take(layer, window, start, n)
-        if len(group_sums) != int(groups[-1] - groups[0]) + 1:
+        if group_sums is not None and len(group_sums) != int(groups[-1] - groups[0]) + 1:
             raise AbsposError(f"A batch of prompts {start}..{start + n - 1} spans {int(groups[-1] - groups[0]) + 1} "
                               f"prompt groups but came with {len(group_sums)} group sums.")
         state.add_reduced(group_sums, int(groups[0]), groups, squares, row_sums, diag_sums, key0_values)
+
+    def running_sums(self, layer: int, window: str, start: int, n: int) -> GroupSums | None:
+        """The running group sums (g, H, P) of the groups of the prompts start, ..., start + n - 1 on one
+        layer's window, a view to add a batch's sums to in place (then :meth:`add_reduced` with
+        ``group_sums=None``); None until the window's first batch has made its state."""
+        state = self.state.get((layer, window))
+        if state is None:
+            return None
+        groups = self.group[start : start + n]
+        return state.sums[int(groups[0]) : int(groups[-1]) + 1]
 
     def batch_groups(self, start: int, n: int) -> list[int]:
         """The group of each of the prompts start, ..., start + n - 1, counted from the first one's (what
@@ -449,10 +461,7 @@ class SinkAccumulator:
         self.sums: dict[int, Tensor] = {}
 
     def add(self, layer: int, key0: Float[Tensor, "batch head query"], n_visible: Float[Tensor, " query"], start: int) -> None:
-        T = key0.shape[-1]
-        sees = (n_visible.cpu() >= torch.arange(1, T + 1)).double()
-        sees[0] = 0.0
-        per_prompt = (key0.double().cpu() * sees).sum(-1) / sees.sum().clamp_min(1)  # (B, H)
+        per_prompt = M.prompt_sink_scores(key0, n_visible)  # (B, H)
         if layer not in self.sums:
             self.sums[layer] = torch.zeros(self.n_groups, key0.shape[1], dtype=torch.float64)
         self.sums[layer].index_add_(0, self.group[start : start + key0.shape[0]], per_prompt)

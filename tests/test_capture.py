@@ -125,7 +125,10 @@ def test_uniform_logits_give_one_over_i_plus_one(tiny_llama):
         layer.self_attn.q_proj.weight.data.zero_()
     cap = capture(loaded, make_prompts(loaded.tokenizer, n_prompts=2, seq_len=SEQ), progress=False)
     expected = 1.0 / torch.arange(1, SEQ + 1)
-    torch.testing.assert_close(cap.key0, expected.expand_as(cap.key0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(cap.mean_key0, expected.double().expand_as(cap.mean_key0), atol=1e-6, rtol=0)
+    sees = torch.arange(1, SEQ)  # the queries i >= 1, which all see key 0
+    torch.testing.assert_close(cap.sink_score, (1.0 / (sees + 1)).mean().double().expand_as(cap.sink_score),
+                               atol=1e-6, rtol=0)
     values = M.shares(decomposed(cap).grams[("early", "all")])
     torch.testing.assert_close(values["L_mask_count"], values["L_mask"], atol=1e-6, rtol=0)
 
@@ -235,12 +238,16 @@ def test_the_in_trace_reduction_equals_the_layer_views_bit_for_bit(name):
     batches = [views(loaded, ids, cap.layers)[0] for ids in prompts.input_ids.split(2)]
     for index in range(len(cap.layers)):
         layer = [batch[index] for batch in batches]
-        assert torch.equal(torch.cat([v.weights[..., 0] for v in layer]), cap.key0[index])
+        # a_i0, H_i and log Z_i are kept as means over prompts (a_i0 also as each prompt's sink score)
+        key0 = torch.cat([v.weights[..., 0] for v in layer])
+        assert torch.equal(M.prompt_sink_scores(key0, layer[0].visible.sum(-1)), cap.sink_score[index])
+        torch.testing.assert_close(key0.double().mean(0), cap.mean_key0[index], atol=1e-12, rtol=0)
         # the trace takes H_i = log Z_i - sum_j a_ij x_ij (one product of two maps, no third): -sum a log a to
         # float32 rounding
-        torch.testing.assert_close(torch.cat([-(v.weights * v.log_weights).sum(-1) for v in layer]), cap.entropy[index],
-                                   atol=2e-5, rtol=0)
-        assert torch.equal(torch.cat([v.log_z for v in layer]), cap.log_z[index])
+        torch.testing.assert_close(torch.cat([-(v.weights * v.log_weights).sum(-1) for v in layer]).double().mean(0),
+                                   cap.mean_entropy[index], atol=2e-5, rtol=0)
+        torch.testing.assert_close(torch.cat([v.log_z for v in layer]).double().mean(0), cap.mean_log_z[index],
+                                   atol=1e-12, rtol=0)
         assert torch.equal(torch.cat([v.residual[:, 0] for v in layer]), cap.resid0[index + 1])
         for window, span in cap.windows.items():
             reference = _window_pairs(layer[0].visible.numpy(), span)
@@ -257,8 +264,10 @@ def test_the_in_trace_reduction_equals_the_layer_views_bit_for_bit(name):
 
 def test_collect_memory_does_not_grow_with_the_number_of_prompts(tiny_llama):
     """With a fixed number of prompt groups the streamed statistics of the late window (~3 T^2 / 8 pairs
-    per head) stay the same size for 4 and 16 prompts; no prompt's late-window log-weights are kept."""
-    held = {}
+    per head) stay the same size for 4 and 16 prompts; no prompt's late-window log-weights are kept. The
+    per-query statistics (a_i0, H_i, log Z_i) are kept as means over prompts, and per prompt only its sink
+    score per layer and head."""
+    held, per_query = {}, {}
     for n in (4, 16):
         cap = capture(tiny_llama, make_prompts(tiny_llama.tokenizer, n_prompts=n, seq_len=128), batch_size=4,
                       n_groups=4, progress=False)
@@ -270,7 +279,10 @@ def test_collect_memory_does_not_grow_with_the_number_of_prompts(tiny_llama):
         per_prompt_early = sum(x[0].numel() * x.element_size() for x in cap.window_logw["early"] + cap.early_scores)
         late_pairs = len(cap.pairs["late"][0].rows)
         assert late_pairs > 10 * len(cap.pairs["early"][0].rows) and per_prompt_early < late_pairs * 4 * 4
+        per_query[n] = [tuple(t.shape) for t in (cap.mean_key0, cap.mean_entropy, cap.mean_log_z)]
+        assert cap.sink_score.shape == (len(cap.layers), n, cap.mean_key0.shape[1])
     assert held[4] == held[16]
+    assert per_query[4] == per_query[16] == [(len(cap.layers), cap.mean_key0.shape[1], 128)] * 3
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3"])
@@ -301,6 +313,27 @@ def test_groups_of_prompts_are_summed_inside_the_trace(name):
         C.reduce_batches(nnsight_model(loaded), [prompts.input_ids[:2]], spec)
 
 
+def test_a_local_trace_adds_its_group_sums_into_the_running_sums_in_place(tiny_llama):
+    """Run locally, the trace can add a batch's group sums to the host's running sums itself (so that no
+    layer's sums wait for the end of the trace): the same float32 additions, to the bit, as returning the
+    sums and adding them on the host; nothing is returned for them. A remote trace is refused this."""
+    input_ids = make_prompts(tiny_llama.tokenizer, n_prompts=3, seq_len=SEQ).input_ids
+    spec = C.trace_spec(tiny_llama, [0, 1], {"late": torch.arange(SEQ) >= SEQ // 2}, [0], [], None, False,
+                        summed=("late",))
+    traced, groups = nnsight_model(tiny_llama), [[0, 0, 1]]
+    returned = C.reduce_batches(traced, [input_ids], spec, groups=groups)[0]
+    start = torch.randn(2, *returned[0]["sum_late"].shape[1:])  # running sums of earlier batches
+    running = {layer: {"late": start.clone()} for layer in (0, 1)}
+    added = C.reduce_batches(traced, [input_ids], spec, groups=groups, add_into=[running])[0]
+    for layer in (0, 1):
+        assert "sum_late" not in added[layer]
+        assert torch.equal(running[layer]["late"], start + returned[layer]["sum_late"])
+        for part in C.SUMMED_PARTS[1:]:
+            assert torch.equal(added[layer][f"{part}_late"], returned[layer][f"{part}_late"]), part
+    with pytest.raises(AbsposError, match="locally"):
+        C.reduce_batches(traced, [input_ids], spec, remote="local", groups=groups, add_into=[running])
+
+
 def test_the_capture_keeps_no_autograd_graph_of_a_trainable_model():
     """A model handed in with trainable parameters (not through load_model, which freezes them) would make
     every saved statistic pin its batch's backward graph (activations of every layer) until it is dropped:
@@ -313,7 +346,7 @@ def test_the_capture_keeps_no_autograd_graph_of_a_trainable_model():
         trainable = capture(loaded, prompts, progress=False)
     finally:
         loaded.model.requires_grad_(False)
-    for name in ("key0", "entropy", "log_z", "sink_writes", "resid0", "probe_resid"):
+    for name in ("sink_score", "mean_key0", "mean_entropy", "mean_log_z", "sink_writes", "resid0", "probe_resid"):
         assert getattr(trainable, name).grad_fn is None and torch.equal(getattr(trainable, name), getattr(frozen, name))
 
 
@@ -323,7 +356,7 @@ def test_a_strided_late_window_is_measured_on_evenly_spaced_rows(tiny_llama):
     strided = capture(tiny_llama, prompts, progress=False, late_rows=8)
     rows = np.unique(strided.pairs["late"][0].rows)
     assert len(rows) == 8 and rows[0] == 64 and rows[-1] == 127
-    assert torch.equal(full.key0, strided.key0)  # only the late window's domain changes
+    assert torch.equal(full.sink_score, strided.sink_score)  # only the late window's domain changes
     a, b = (M.headline(c.decomposition.to_decomposition(), "L_mask", "late", "bulk").value for c in (full, strided))
     print(f"tiny-llama late L_mask: full window {a:.4f}, 8 strided rows {b:.4f}")
     with pytest.raises(AbsposError, match="late_rows"):
@@ -358,8 +391,9 @@ def test_a_capture_keeps_only_the_statistics_asked_for(tiny_llama):
     prompts = make_prompts(tiny_llama.tokenizer, n_prompts=4, seq_len=SEQ)
     full = capture(tiny_llama, prompts, progress=False)
     lean = capture(tiny_llama, prompts, progress=False, statistics=())
-    assert lean.key0 is None and lean.entropy is None and lean.probe_resid is None and lean.early_scores is None
-    assert torch.equal(full.log_z, lean.log_z)
+    assert lean.sink_score is None and lean.mean_key0 is None and lean.mean_entropy is None
+    assert lean.probe_resid is None and lean.early_scores is None
+    assert torch.equal(full.mean_log_z, lean.mean_log_z)
     for window in full.windows:
         a, b = (M.headline(c.decomposition.to_decomposition(), "L_res", window, "bulk") for c in (full, lean))
         assert a == b

@@ -133,8 +133,8 @@ def test_sink_scores_of_a_hand_made_attention_tensor():
     key0 = torch.zeros(L, N, H, T_)
     key0[:, :, 0, :] = 0.5
     key0[:, :, 1, :] = 1.0 / torch.arange(1, T_ + 1)
-    n_visible = torch.arange(1, T_ + 1)[None]
-    scores = M.sink_scores(key0, n_visible)
+    n_visible = torch.arange(1, T_ + 1)
+    scores = M.sink_scores(M.prompt_sink_scores(key0, n_visible))
     assert float(scores[0, 0]) == pytest.approx(0.5)
     assert float(scores[0, 1]) == pytest.approx(float((1.0 / torch.arange(2, T_ + 1)).mean()))
     assert ((scores > M.SINK_EPSILON).double().mean()) == 0.5
@@ -143,8 +143,8 @@ def test_sink_scores_of_a_hand_made_attention_tensor():
 def test_sink_scores_ignore_queries_that_cannot_see_key0():
     key0 = torch.full((1, 1, 1, 10), 0.4)
     key0[..., 4:] = 0.0  # a window of 4 hides key 0 from i >= 4
-    n_visible = torch.minimum(torch.arange(1, 11), torch.tensor(4))[None]
-    assert float(M.sink_scores(key0, n_visible)[0, 0]) == pytest.approx(0.4)
+    n_visible = torch.minimum(torch.arange(1, 11), torch.tensor(4))
+    assert float(M.prompt_sink_scores(key0, n_visible)[0, 0, 0]) == pytest.approx(0.4)
 
 
 def test_bootstrap_is_seeded():
@@ -190,7 +190,7 @@ def count_capture(slope: float, sink_score: float, n_prompts: int = 4):
     n_visible = np.arange(1, T + 1)
     values = relative(rows, cols, n_prompts=n_prompts, heads=1) + slope * torch.from_numpy(-np.log(n_visible[rows]))
     return fake_capture(pairs={"early": [SimpleNamespace(rows=rows, cols=cols)]}, window_logw={"early": [values]},
-                        n_visible=torch.from_numpy(n_visible)[None], key0=torch.full((1, n_prompts, 1, T), sink_score),
+                        n_visible=torch.from_numpy(n_visible)[None], sink_score=torch.full((1, n_prompts, 1), sink_score),
                         layers=[0], n_prompts=n_prompts)
 
 
@@ -214,7 +214,7 @@ def test_first_prompts_equals_decomposing_fewer_prompts():
     def dec_of(v):
         return M.decompose(fake_capture(pairs={"early": [SimpleNamespace(rows=rows, cols=cols)]}, windows={"early": (1, 32)},
                                         window_logw={"early": [v]}, n_visible=torch.from_numpy(n_visible)[None],
-                                        key0=torch.zeros(1, len(v), 2, T), layers=[0], layer_kind=["full"],
+                                        layers=[0], layer_kind=["full"],
                                         n_prompts=len(v)))
 
     cut, direct = M.first_prompts(dec_of(values), 5), dec_of(values[:5])
@@ -230,7 +230,7 @@ def test_headline_functions_return_estimates_whose_interval_holds_the_point():
     values = relative(rows, cols, n_prompts=6, heads=2) + torch.from_numpy(rng.normal(0, 0.3, (6, 2, len(rows))))
     cap = fake_capture(pairs={"early": [SimpleNamespace(rows=rows, cols=cols)]}, windows={"early": (1, 32)},
                        window_logw={"early": [values]}, n_visible=torch.from_numpy(n_visible)[None],
-                       key0=torch.zeros(1, 6, 2, T), layers=[0], layer_kind=["full"], n_prompts=6)
+                       layers=[0], layer_kind=["full"], n_prompts=6)
     dec = M.decompose(cap)
     estimate = M.headline(dec, "L_mask", "early", "bulk", n_boot=50)
     assert isinstance(estimate, Estimate) and estimate.low <= estimate.high

@@ -61,7 +61,7 @@ def _audits(folder: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob("request-*.json"), key=lambda p: p.stat().st_mtime)]
 
 
-FIELDS = ("key0", "entropy", "log_z", "n_visible", "sink_writes", "resid0", "probe_resid", "loss")
+FIELDS = ("sink_score", "mean_key0", "mean_entropy", "mean_log_z", "n_visible", "sink_writes", "resid0", "probe_resid", "loss")
 
 
 def _local_then_remote(local_model, remote_model, prompts, url, audit_dir, **options):
@@ -232,7 +232,7 @@ def test_an_experiment_run_remote_builds_the_weightless_client_and_measures(stub
     prompts = run.prompts(client)
     before = len(_audits(audit_dir))
     measured = run.measure(client, prompts, "original")
-    assert len(_audits(audit_dir)) > before and measured.statistics.key0.shape[1] == 4
+    assert len(_audits(audit_dir)) > before and measured.statistics.sink_score.shape[1] == 4
     assert holds_no_weights(client)
 
 
