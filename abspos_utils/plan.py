@@ -10,14 +10,17 @@ N prompts, G groups, P_w the visible pairs of window w per layer):
   softmax) plus the capture's copies (the late window's block of rows less log Z_i, the entropy
   product), all alive together at the peak of one layer; MAPS is calibrated (table below);
 - ``hidden states``: B x T x (4 d + 3 d_ff) x bytes — the residual stream and MLP activations of a layer;
-- ``per-prompt statistics``: what the capture keeps per prompt that is small (key-0 column, entropy,
-  log Z: 3 L N H T float32; position-0 stream and probe positions; early-window scores);
+- ``per-prompt statistics``: what the capture keeps per prompt that is small (sink scores L N H float64;
+  position-0 stream and probe positions; early-window scores), and the sums over prompts of a_i0, H_i and
+  log Z_i (3 L H T float64, whatever N);
 - ``window statistics``: in-memory engine, every prompt's log-weights N L H (P_early + P_late) x 4 and the
   decomposition's float64 copies; streamed engine, G L H (P_early + P_late) x 4 float32 group sums
-  (:mod:`abspos_utils.streaming`) and one batch's results, B L H P_early x 4 and g L H P_late x 4 (every
-  layer's pair values come back together from the trace; g = B with one prompt per group, else the
-  batch's groups, summed in the trace) plus one layer's float64 reduction; with a single batch
-  (N <= B) the group sums are filled after the trace's maps are gone, so only their excess counts;
+  (:mod:`abspos_utils.streaming`) and one batch's results, B L H P_early x 4 and, with one prompt per
+  group, B L H P_late x 4 (every layer's pair values come back together from the trace); with fewer groups
+  than prompts the trace sums the late window over the batch's g groups and adds the sums to the running
+  ones itself, so only one layer's g H P_late x 4 and one head's float64 reduction are added; with a
+  single batch (N <= B) the group sums are filled after the trace's maps are gone, so only their excess
+  counts;
 - ``pair indices``: per distinct mask (shared by its layers), PAIR_ARRAYS int64 arrays of the window's
   pairs and the (rows + diagonals)^2 normal equations of the late window's two key domains.
 
@@ -241,7 +244,8 @@ def predict(shape: ModelShape, seq_len: int, n_prompts: int, batch_size: int, n_
         "hidden states": B * T * (4 * d + 3 * shape.d_ff) * max(size, 4),
     }
     statistics = {
-        "per-prompt statistics": 4 * (3 * L * N * H * T + (L + 1) * N * (N_PROBE + 1) * d + L * N * H * d)
+        "per-prompt statistics": 8 * L * N * H + 8 * 3 * L * H * T
+                                 + 4 * ((L + 1) * N * (N_PROBE + 1) * d + L * N * H * d)
                                  + 4 * N * H * early + 4 * L * d * H * shape.head_dim,
     }
     if engine == "in-memory":
@@ -251,11 +255,14 @@ def predict(shape: ModelShape, seq_len: int, n_prompts: int, batch_size: int, n_
         statistics["group sums (G)"] = 4 * G * H * (early + late)  # float32
         # one batch's saved results, every layer's pair values (float32), until they are fed to the group
         # sums: per prompt on the early window; on the late window per prompt with one prompt per group, else
-        # summed over the batch's groups in the trace (capture.reduce_batches; streaming.group_of's blocks);
-        # beside them, one layer's float64 copy in the trace (the self terms' reductions)
-        group = np.arange(N) * G // N
-        groups_in_batch = B if G == N else max(len(np.unique(group[s : s + B])) for s in range(0, N, B))
-        statistics["batch results"] = 4 * B * H * early + 4 * groups_in_batch * H * late + 8 * B * H * biggest
+        # one layer's sums over the batch's groups (capture.reduce_batches adds them to the running sums
+        # itself; streaming.group_of's blocks) beside one head's float64 copy (the self terms' reductions)
+        if G == N:
+            statistics["batch results"] = 4 * B * H * early + 4 * B * H * late
+        else:
+            group = np.arange(N) * G // N
+            groups_in_batch = max(len(np.unique(group[s : s + B])) for s in range(0, N, B))
+            statistics["batch results"] = 4 * B * H * early + 4 * groups_in_batch * H * biggest + 8 * B * biggest
     # the pair indices of each distinct mask (shared by its layers): the window's pairs (capture and the
     # accumulator's key domains, about PAIR_ARRAYS int64 arrays of P) and the (rows + diagonals) normal
     # equations of the late window's two key domains

@@ -46,11 +46,12 @@ def test_the_rendered_text_is_the_plan_of_that_configuration(ext):
 
 
 def test_what_the_chapter_says_about_the_plans_holds(ext):
-    """Full late window at 128 GiB: two prompt groups (rough intervals); at 64 GiB: refused, naming
-    late_rows; late_rows=64: a prompt group per prompt, batches of 4, within the 80 GiB card."""
+    """Full late window at 128 GiB: four prompt groups (rough intervals); at 64 GiB two; at 32 GiB:
+    refused, naming late_rows; late_rows=64: a prompt group per prompt, batches of 4, within the 80 GiB card."""
     full, text = ext.plan_or_refusal(**RUN)
-    assert full is not None and full.n_groups == 2 and "bootstrap over 2 blocks" in text and "rough intervals" in text
-    refused, sentence = ext.plan_or_refusal(**{**RUN, "host_gib": 64})
+    assert full is not None and full.n_groups == 4 and "bootstrap over 4 blocks" in text and "rough intervals" in text
+    assert ext.plan_or_refusal(**{**RUN, "host_gib": 64})[0].n_groups == 2
+    refused, sentence = ext.plan_or_refusal(**{**RUN, "host_gib": 32})
     assert refused is None and sentence.startswith("The plan refuses this run: ") and "late_rows" in sentence
     assert "\n" not in sentence
     strided, _ = ext.plan_or_refusal(**RUN, late_rows=64)
@@ -82,7 +83,7 @@ def test_the_directive_builds_in_sphinx_without_warnings(tmp_path):
         "# Plans\n\n```{abspos-plan}\n:seq_len: 4096\n:n_prompts: 64\n:dtype: bfloat16\n:device: cuda\n"
         ":late_rows: 64\n:host_gib: 128\n:accelerator_gib: 80\n```\n\n"
         "```{abspos-plan}\n:seq_len: 4096\n:n_prompts: 64\n:dtype: bfloat16\n:device: cuda\n"
-        ":host_gib: 64\n:accelerator_gib: 80\n```\n"
+        ":host_gib: 32\n:accelerator_gib: 80\n```\n"
     )
     warnings = StringIO()
     app = Sphinx(str(tmp_path), str(tmp_path), str(tmp_path / "_build"), str(tmp_path / "_doctrees"), "text",
