@@ -58,8 +58,8 @@ STRIDED = "late, strided"  # the window name of collect(strided_check=...)
 #: What the trace returns for a window it sums over prompt groups, in the order of
 #: :meth:`streaming.DecompositionAccumulator.add_reduced`'s arguments (see :func:`reduce_batches`).
 SUMMED_PARTS = ("sum", "squares", "row_sums", "diag_sums", "key0_values")
-#: The CapturedStatistics field of each statistic whose field has another name.
 WITH_EMBEDDING = ("resid0", "probe")  # kept with the embedding output first, as depth 0
+#: The CapturedStatistics field of each statistic whose field has another name.
 FIELDS = {"key0": "sink_score", "entropy": "mean_entropy", "scores_early": "early_scores", "probe": "probe_resid"}
 
 
@@ -644,6 +644,7 @@ def collect(
     def running_sums(start: int, n: int) -> dict | None:
         into = {layer: {name: accumulator.running_sums(layer, name, start, n) for name in summed} for layer in layers}
         return None if any(s is None for by_name in into.values() for s in by_name.values()) else into
+
     pairs: dict[str, dict[int, WindowPairs]] = {w: {} for w in windows}
     visible_rows: dict[int, Tensor] = {}
     masks: dict[tuple[bytes, bytes], dict[str, WindowPairs]] = {}

@@ -273,7 +273,7 @@ class _WindowState:
     def add_reduced(self, group_sums: GroupSums | None, first_group: int, groups: Tensor, squares: Tensor,
                     row_sums: Tensor, diag_sums: Tensor, key0_values: Tensor) -> None:
         """A batch already summed over its prompt groups in the trace: ``group_sums`` (g, H, P) of the
-        groups first_group, ..., first_group + g - 1 (None: the trace added them to :meth:`running_sums`
+        groups first_group, ..., first_group + g - 1 (None: the trace added them to :meth:`DecompositionAccumulator.running_sums`
         itself), and per prompt (``groups`` its group) sum_ij x_ij^2
         (B, H), its row and diagonal sums indexed by the row i and the offset i - j (B, H, T) and its values
         on the key-0 pairs (B, H, K): the self terms of both key domains follow from these
