@@ -270,16 +270,12 @@ class _WindowState:
             for part, value in self_terms(x[..., select], domain, key0).items():
                 self.self_pairs[keys][part].index_add_(0, groups, value.to(self.sums.device))
 
-    def add_reduced(self, group_sums: GroupSums | None, first_group: int, groups: Tensor, squares: Tensor,
-                    row_sums: Tensor, diag_sums: Tensor, key0_values: Tensor) -> None:
-        """A batch already summed over its prompt groups in the trace: ``group_sums`` (g, H, P) of the
-        groups first_group, ..., first_group + g - 1 (None: the trace added them to :meth:`DecompositionAccumulator.running_sums`
-        itself), and per prompt (``groups`` its group) sum_ij x_ij^2
-        (B, H), its row and diagonal sums indexed by the row i and the offset i - j (B, H, T) and its values
-        on the key-0 pairs (B, H, K): the self terms of both key domains follow from these
-        (:func:`self_terms_from_sums`)."""
-        if group_sums is not None:
-            self.sums[first_group : first_group + len(group_sums)] += group_sums.to(self.sums.device, self.sums.dtype)
+    def add_self_terms(self, groups: Tensor, squares: Tensor, row_sums: Tensor, diag_sums: Tensor,
+                       key0_values: Tensor) -> None:
+        """The self terms of a batch already summed over its prompt groups in the trace (the sums go to
+        :meth:`DecompositionAccumulator.running_sums`): per prompt (``groups`` its group) sum_ij x_ij^2 (B, H),
+        its row and diagonal sums indexed by the row i and the offset i - j (B, H, T) and its values on the
+        key-0 pairs (B, H, K); the self terms of both key domains follow from these (:func:`self_terms_from_sums`)."""
         groups = groups.to(self.sums.device)
         squares, row_sums, diag_sums, key0_values = (t.cpu().double() for t in (squares, row_sums, diag_sums, key0_values))
         for keys, (_, domain, key0) in self.domains.items():
@@ -370,18 +366,22 @@ class DecompositionAccumulator:
         state.add(values, self._take(layer, window, start, values.shape[0]))
 
     def add_reduced(self, layer: int, window: str, rows: np.ndarray, cols: np.ndarray, n_visible, start: int,
-                    group_sums: GroupSums, squares: Tensor, row_sums: Tensor, diag_sums: Tensor,
+                    group_sums: GroupSums | None, squares: Tensor, row_sums: Tensor, diag_sums: Tensor,
                     key0_values: Tensor) -> None:
         """Like :meth:`add`, for a batch of the prompts start, start + 1, ... already summed over its prompt
         groups inside the trace (``group_sums`` (g, H, P), the batch's groups in order, g of them) with the
-        per-prompt reductions the self terms need (see ``_WindowState.add_reduced``)."""
+        per-prompt reductions the self terms need (see ``_WindowState.add_self_terms``); ``group_sums`` None:
+        the trace has added them to :meth:`running_sums` itself."""
         state = self._window(layer, window, rows, cols, n_visible, squares.shape[1])
         n = squares.shape[0]
         groups = self._take(layer, window, start, n)
-        if group_sums is not None and len(group_sums) != int(groups[-1] - groups[0]) + 1:
-            raise AbsposError(f"A batch of prompts {start}..{start + n - 1} spans {int(groups[-1] - groups[0]) + 1} "
-                              f"prompt groups but came with {len(group_sums)} group sums.")
-        state.add_reduced(group_sums, int(groups[0]), groups, squares, row_sums, diag_sums, key0_values)
+        if group_sums is not None:  # (None: the trace added them to the running sums itself)
+            running = self.running_sums(layer, window, start, n)
+            if len(group_sums) != len(running):
+                raise AbsposError(f"A batch of prompts {start}..{start + n - 1} spans {len(running)} prompt groups "
+                                  f"but came with {len(group_sums)} group sums.")
+            running += group_sums.to(running.device, running.dtype)
+        state.add_self_terms(groups, squares, row_sums, diag_sums, key0_values)
 
     def running_sums(self, layer: int, window: str, start: int, n: int) -> GroupSums | None:
         """The running group sums (g, H, P) of the groups of the prompts start, ..., start + n - 1 on one
