@@ -165,37 +165,42 @@ def _llama8b_shape(seed: int = 0):
 
 
 def point(model: str, seq_len: int, n_prompts: int, batch_size: int, n_groups: int, kind: str,
-          late_rows: int | None = None) -> dict:
+          late_rows: int | None = None, repeats: int = 1) -> dict:
     """One point, run in a fresh process (``python -m abspos_utils.bench``): ``kind`` "forward" (the bare
     eager forward over the same batches, output_attentions=True, logits_to_keep=1) or "measure" (capture
-    + every metric). Returns wall seconds and the process's peak resident memory (bytes, ru_maxrss)."""
+    + every metric), ``repeats`` times. Returns the wall seconds of each run, the fastest as ``seconds``
+    (on a shared machine the slower runs measure what else ran), and the peak resident memory of the
+    first run (bytes, ru_maxrss, read before any repeat)."""
     import resource
 
     torch.manual_seed(0)
     loaded = _llama8b_shape()[0] if model == LLAMA_8B_NAME else load_model(model)
     prompts = make_prompts(loaded.tokenizer, "text", n_prompts=n_prompts, seq_len=seq_len, bos="auto", seed=0)
     capture.limit_heap_fragmentation()  # the same allocator setting on both sides
-    start = time.perf_counter()
-    if kind == "forward":
-        with torch.no_grad():
-            for batch in prompts.input_ids.split(batch_size):
-                attentions = loaded.model(batch, output_attentions=True, logits_to_keep=1).attentions
-                del attentions
-    else:
-        all_metrics(capture.collect(loaded, prompts, batch_size=batch_size, n_groups=n_groups, progress=False,
-                                    late_rows=late_rows))
-    return {"seconds": time.perf_counter() - start,
-            "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    runs, peak = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        if kind == "forward":
+            with torch.no_grad():
+                for batch in prompts.input_ids.split(batch_size):
+                    attentions = loaded.model(batch, output_attentions=True, logits_to_keep=1).attentions
+                    del attentions
+        else:
+            all_metrics(capture.collect(loaded, prompts, batch_size=batch_size, n_groups=n_groups, progress=False,
+                                        late_rows=late_rows))
+        runs.append(time.perf_counter() - start)
+        peak = peak or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"seconds": min(runs), "runs": runs, "peak_bytes": peak}
 
 
 def _run_point(model: str, seq_len: int, n_prompts: int, batch_size: int, n_groups: int, kind: str,
-               timeout: int, late_rows: int | None = None) -> dict | None:
+               timeout: int, late_rows: int | None = None, repeats: int = 1) -> dict | None:
     import json
     import subprocess
     import sys
 
     command = [sys.executable, "-m", "abspos_utils.bench", model, str(seq_len), str(n_prompts), str(batch_size),
-               str(n_groups), kind, str(late_rows or 0)]
+               str(n_groups), kind, str(late_rows or 0), str(repeats)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -222,7 +227,7 @@ SCALING_PARTS = (*SCALING_POINTS, "llama8b", *PEAK_POINTS)
 
 
 def scaling(model: str = "smollm2-135m", parts=SCALING_PARTS, max_groups: int = 4,
-            max_batch: int = 4,
+            max_batch: int = 4, repeats: int = 2,
             timeout: int = 1800) -> list[dict]:
     """The scaling table: for each (T, N) of :data:`SCALING_POINTS` (parts "n" and "t") and the random
     Llama-3.1-8B-shaped model at T = 2048, N = 8 (part "llama8b"), the bare forward pass and capture + all
@@ -231,13 +236,15 @@ def scaling(model: str = "smollm2-135m", parts=SCALING_PARTS, max_groups: int = 
     same reason) that the plan chooses, and the plan's predicted peak beside the measured one. The quick
     points run first (N = 4 and 16, then T = 256 ... 1024), then N = 64, T = 2048 and the 8B shape; then
     the peaks of :data:`PEAK_POINTS` (parts "n1024" and "fit8", capture + metrics only). Ends with the plan
-    extrapolated to 32 layers and N = 64."""
+    extrapolated to 32 layers and N = 64. The forward pass and the measurement each run ``repeats`` times in
+    their process and the time ratio is that of the fastest runs; the peaks are the first runs'."""
     from . import plan as P
 
     GiB = 2**30
     rows = []
     print(f"abspos bench --scaling: CPU, {torch.get_num_threads()} threads; peaks are the whole process's "
-          f"(ru_maxrss); groups at most {max_groups}, batch at most {max_batch}\n")
+          f"(ru_maxrss) in its first run; times the fastest of {repeats} runs; groups at most {max_groups}, "
+          f"batch at most {max_batch}\n")
     header = (f"{'model':<38}{'T':>6}{'N':>5}{'B':>4}{'G':>4}  {'forward s':>9} {'GiB':>6}  {'measure s':>9} "
               f"{'GiB':>6}  {'time x':>6}  {'plan GiB':>8} {'plan/meas':>9}")
     print(header)
@@ -253,8 +260,8 @@ def scaling(model: str = "smollm2-135m", parts=SCALING_PARTS, max_groups: int = 
         config = _llama8b_shape()[1] if name == LLAMA_8B_NAME else name
         shape = P.model_shape(config)
         chosen = P.plan(shape, seq_len, n_prompts, max_groups=max_groups, max_batch=max_batch)
-        forward = _run_point(name, seq_len, n_prompts, chosen.batch_size, chosen.n_groups, "forward", timeout)
-        measure = _run_point(name, seq_len, n_prompts, chosen.batch_size, chosen.n_groups, "measure", timeout)
+        forward, measure = (_run_point(name, seq_len, n_prompts, chosen.batch_size, chosen.n_groups, kind, timeout,
+                                       repeats=repeats) for kind in ("forward", "measure"))
         row = dict(model=name, seq_len=seq_len, n_prompts=n_prompts, batch_size=chosen.batch_size,
                    n_groups=chosen.n_groups, plan_bytes=chosen.host_peak, forward=forward, measure=measure)
         rows.append(row)
@@ -301,6 +308,6 @@ if __name__ == "__main__":
     import sys
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    name, seq_len, n_prompts, batch_size, n_groups, kind, late_rows = sys.argv[1:8]
+    name, seq_len, n_prompts, batch_size, n_groups, kind, late_rows, repeats = sys.argv[1:9]
     print(json.dumps(point(name, int(seq_len), int(n_prompts), int(batch_size), int(n_groups), kind,
-                           int(late_rows) or None)))
+                           int(late_rows) or None, int(repeats))))

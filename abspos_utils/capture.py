@@ -387,9 +387,16 @@ def reduce_batches(traced, batches: list[Tensor], spec: dict, position0: list | 
                     (_, queries, keys, values, *_), _ = call.inputs
                     inner = call.source
                     wanted = spec["statistics"]
-                    # (read in forward order: the scores come before the softmax)
-                    needs_scores = "scores_early" in wanted or spec["sink_logits"]
-                    scores = getattr(inner, spec["scores"]).output if needs_scores else None
+                    # (read in forward order: the scores come before the softmax). Only the early window's rows
+                    # and the diagonal of the scores are read later: they are copied here, so that the scores'
+                    # T x T map is not held beside the softmax's input and output
+                    early_lo, early_hi = spec["spans"].get("early", (0, 0))
+                    early_scores = score_diagonal = None
+                    if "scores_early" in wanted or spec["sink_logits"]:
+                        scores = getattr(inner, spec["scores"]).output
+                        early_scores = scores[:, :, early_lo:early_hi].float().clone()
+                        score_diagonal = scores.diagonal(dim1=-2, dim2=-1).float().clone()
+                        scores = None  # (see below: None, not del)
                     softmax = getattr(inner, spec["softmax"])
                     logits = softmax.input  # with sink logits (batch, head, T, T + 1): the keys, then the sink
                     T = logits.shape[-2]
@@ -406,8 +413,7 @@ def reduce_batches(traced, batches: list[Tensor], spec: dict, position0: list | 
                     weights = softmax.output[..., :T] if spec["sink_logits"] else softmax.output
                     # a model with sink logits shifts each row of its softmax input by the row's maximum; log a is
                     # shift-free, and log Z_i is kept in the units of the scores s (undo the shift on the diagonal)
-                    shift = (scores.diagonal(dim1=-2, dim2=-1).float() - masked.diagonal(dim1=-2, dim2=-1).float()
-                             if spec["sink_logits"] else 0.0)
+                    shift = (score_diagonal - masked.diagonal(dim1=-2, dim2=-1).float()) if spec["sink_logits"] else 0.0
                     stats = {}
                     if number == 0:  # the mask is the same for every batch
                         n_visible = visible.sum(-1)
@@ -426,7 +432,7 @@ def reduce_batches(traced, batches: list[Tensor], spec: dict, position0: list | 
                         lo, hi = spec["spans"][name]
                         block = masked[:, :, lo:hi].float() - log_z[:, :, lo:hi, None]
                         logw = block.reshape(*block.shape[:2], -1).index_select(-1, flat - lo * T)
-                        del block
+                        block = None
                         if name in spec["summed"]:
                             # the batch's prompts summed over their prompt groups here (the accumulator adds the
                             # sums), with what each prompt's self terms need: sum_ij x_ij^2, its row sums and its
@@ -439,29 +445,31 @@ def reduce_batches(traced, batches: list[Tensor], spec: dict, position0: list | 
                             else:
                                 running = add_into[number][index][name]
                                 running += summed.to(running.device)
-                            # per head, so that no float64 copy of the whole window is made
+                            # per head, so that no float64 copy of the whole window is made (one head's copy, in
+                            # one buffer for all heads: a fresh allocation per head is paged in anew each time)
                             n_prompts, n_heads = logw.shape[:2]
                             squares = torch.zeros(n_prompts, n_heads, dtype=torch.float64, device=logw.device)
                             row_sums = torch.zeros(n_prompts, n_heads, T, dtype=torch.float64, device=logw.device)
                             diag_sums = torch.zeros(n_prompts, n_heads, T, dtype=torch.float64, device=logw.device)
                             query = (flat // T).expand(n_prompts, -1)
                             offset = (flat // T - flat % T).expand(n_prompts, -1)
+                            exact = torch.empty(n_prompts, logw.shape[-1], dtype=torch.float64, device=logw.device)
                             for head in range(n_heads):
-                                exact = logw[:, head].double()
+                                exact.copy_(logw[:, head])
                                 squares[:, head] = torch.linalg.vecdot(exact, exact)
-                                row_sums[:, head] = row_sums[:, head].scatter_add(-1, query, exact)
-                                diag_sums[:, head] = diag_sums[:, head].scatter_add(-1, offset, exact)
+                                row_sums[:, head].scatter_add_(-1, query, exact)
+                                diag_sums[:, head].scatter_add_(-1, offset, exact)
                             stats["squares_" + name] = squares.cpu()
                             stats["row_sums_" + name] = row_sums.cpu()
                             stats["diag_sums_" + name] = diag_sums.cpu()
                             # (a copy: on the CPU a view would keep the whole window alive)
                             stats["key0_values_" + name] = logw[..., logw.shape[-1] - int((flat % T == 0).sum()):].clone().cpu()
-                            del summed, exact, query, offset, squares, row_sums, diag_sums
+                            summed = exact = query = offset = squares = row_sums = diag_sums = None
                         else:
                             stats["logw_" + name] = logw.cpu()
-                        del logw
+                        logw = None
                         if name == "early" and "scores_early" in wanted:
-                            stats["scores_early"] = scores.reshape(*scores.shape[:2], T * T).index_select(-1, flat).float().cpu()
+                            stats["scores_early"] = early_scores.flatten(-2).index_select(-1, flat - early_lo * T).cpu()
                     stats["log_z"] = (log_z + shift).cpu()
                     if "key0" in wanted:
                         stats["key0"] = weights[..., 0].float().clone().cpu()
@@ -482,8 +490,13 @@ def reduce_batches(traced, batches: list[Tensor], spec: dict, position0: list | 
                     if "probe" in wanted:
                         stats["probe"] = residual[:, spec["probe"]].float().cpu()
                     out[index] = stats
-                    # drop this layer's maps now: the block's variables outlive the trace
-                    del softmax, logits, masked, visible, log_z, weights, scores, residual, shift
+                    # drop this layer's maps now, before the next layer makes its own. Assigned None, not deleted:
+                    # nnsight 0.8 runs the block in a namespace whose writes also go to a store shared by the
+                    # frame's blocks, and ``del`` removes a name from the first only, so the store would keep the
+                    # previous layer's maps alive until the names are bound again (measured: a layer's scores map
+                    # outlived ``del scores`` into the next layer)
+                    softmax = logits = masked = visible = log_z = weights = early_scores = score_diagonal = None
+                    residual = shift = None
                 if spec["with_loss"]:
                     logits = traced.output.logits
                     out["loss"] = torch.nn.functional.cross_entropy(

@@ -45,7 +45,7 @@ def _bench(args: argparse.Namespace) -> None:
 
     if args.scaling is not None:
         scaling(model=args.model if args.model != "gemma3-270m" else "smollm2-135m", parts=args.scaling or SCALING_PARTS,
-                max_groups=args.max_groups, max_batch=args.max_batch)
+                max_groups=args.max_groups, max_batch=args.max_batch, repeats=args.repeats)
         return
     bench_main(model=args.model, seq_lens=args.seq_len, n_prompts=args.n_prompts, device=args.device)
 
@@ -244,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "all by default")
     bench.add_argument("--max-groups", type=int, default=4, help="prompt groups at most, in the scaling table")
     bench.add_argument("--max-batch", type=int, default=4, help="batch size at most, in the scaling table")
+    bench.add_argument("--repeats", type=int, default=2,
+                       help="runs of the forward pass and of the measurement per point, in the scaling table (the "
+                            "time ratio is the fastest runs'; the peaks are the first runs')")
     bench.set_defaults(func=_bench)
 
     add_runner_commands(commands)

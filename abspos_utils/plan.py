@@ -7,8 +7,11 @@ N prompts, G groups, P_w the visible pairs of window w per layer):
 - ``runtime``: the Python process with torch, transformers and nnsight imported (measured constant);
 - ``weights``: parameters x bytes of the dtype (read from the config: embeddings, attention, gated MLP);
 - ``attention maps``: MAPS x B x H x T^2 x 4 — the eager forward of one layer (scores, masked scores,
-  softmax) plus the capture's copies (the late window's block of rows less log Z_i, the entropy
-  product), all alive together at the peak of one layer; MAPS is calibrated (table below);
+  softmax) plus the capture's copies (the late window's block of rows less log Z_i, its pair values),
+  all alive together at the peak of one layer; MAPS is calibrated (table below). It was 6 while the
+  trace's ``del`` statements did not release a layer's maps before the next layer made its own (nnsight
+  0.8 keeps a block's names in a shared store that ``del`` does not reach; see
+  :func:`abspos_utils.capture.reduce_batches`);
 - ``hidden states``: B x T x (4 d + 3 d_ff) x bytes — the residual stream and MLP activations of a layer;
 - ``per-prompt statistics``: what the capture keeps per prompt that is small (sink scores L N H float64;
   position-0 stream and probe positions; early-window scores), and the sums over prompts of a_i0, H_i and
@@ -60,7 +63,7 @@ DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 #: Calibrated constants (this CPU box, see the module's report): the process with torch, transformers and
 #: nnsight loaded, and the number of float32 T x T maps per head alive at the peak of one layer.
 RUNTIME_BYTES = int(0.42 * GiB)
-MAPS = 6.0
+MAPS = 3.0
 CUDA_CONTEXT_BYTES = int(0.6 * GiB)
 SAFETY = 0.90  # plan into this fraction of the available memory
 N_PROBE = 48

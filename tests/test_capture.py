@@ -3,6 +3,7 @@ with the model's own attention weights, the repeated-token control, position 0 a
 
 from __future__ import annotations
 
+import nnsight
 import numpy as np
 import pytest
 import torch
@@ -254,6 +255,9 @@ def test_the_in_trace_reduction_equals_the_layer_views_bit_for_bit(name):
             pairs = cap.pairs[window][index]
             assert np.array_equal(reference.rows, pairs.rows) and np.array_equal(reference.cols, pairs.cols)
             assert torch.equal(torch.cat([reference.gather(v.log_weights) for v in layer]), cap.window_logw[window][index])
+        # the early window's scores s_ij, from the rows the trace copies before it lets the scores' map go
+        early = cap.pairs["early"][index]
+        assert torch.equal(torch.cat([early.gather(v.scores) for v in layer]), cap.early_scores[index])
     reference = M.decompose(cap)
     for window in cap.windows:
         for statistic in ("L_res", "L_mask", "sink_share"):
@@ -332,6 +336,38 @@ def test_a_local_trace_adds_its_group_sums_into_the_running_sums_in_place(tiny_l
             assert torch.equal(added[layer][f"{part}_late"], returned[layer][f"{part}_late"]), part
     with pytest.raises(AbsposError, match="locally"):
         C.reduce_batches(traced, [input_ids], spec, remote="local", groups=groups, add_into=[running])
+
+
+def test_the_trace_lets_each_layers_maps_go_before_the_next_layer(tiny_llama):
+    """nnsight 0.8 runs a trace block in a namespace whose writes also land in a store shared by the frame's
+    blocks; ``del name`` removes the name from the first only, so the value lives on until the name is bound
+    again. A layer's T x T maps would then outlive it into the next layer's forward pass (measured: 6 maps
+    alive at the peak of a layer instead of 3). Binding the name to None releases the value at once, which
+    is why reduce_batches' block assigns None and has no ``del``."""
+    import ast
+    import inspect
+    import textwrap
+    import weakref
+
+    from abspos_utils.families import family_of
+
+    traced, family = nnsight_model(tiny_llama), family_of(tiny_llama.model)
+    ids = make_prompts(tiny_llama.tokenizer, n_prompts=1, seq_len=16).input_ids
+    with traced.trace(ids):
+        alive = nnsight.save([])
+        for release in ("del", "none"):
+            inner = getattr(traced.model.layers[0 if release == "del" else 1].self_attn.source,
+                            family.attention_call).source
+            scores = getattr(inner, family.scores).output.clone()  # a tensor nothing else holds
+            reference = weakref.ref(scores)
+            if release == "del":
+                del scores
+            else:
+                scores = None
+            alive.append(reference() is not None)
+    assert alive == [True, False]
+    block = ast.parse(textwrap.dedent(inspect.getsource(C.reduce_batches)))
+    assert not [node for node in ast.walk(block) if isinstance(node, ast.Delete)]
 
 
 def test_the_capture_keeps_no_autograd_graph_of_a_trainable_model():

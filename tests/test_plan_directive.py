@@ -47,7 +47,7 @@ def test_the_rendered_text_is_the_plan_of_that_configuration(ext):
 
 def test_what_the_chapter_says_about_the_plans_holds(ext):
     """Full late window at 128 GiB: four prompt groups (rough intervals); at 64 GiB two; at 32 GiB:
-    refused, naming late_rows; late_rows=64: a prompt group per prompt, batches of 4, within the 80 GiB card."""
+    refused, naming late_rows; late_rows=64: a prompt group per prompt, batches of 8, within the 80 GiB card."""
     full, text = ext.plan_or_refusal(**RUN)
     assert full is not None and full.n_groups == 4 and "bootstrap over 4 blocks" in text and "rough intervals" in text
     assert ext.plan_or_refusal(**{**RUN, "host_gib": 64})[0].n_groups == 2
@@ -56,7 +56,7 @@ def test_what_the_chapter_says_about_the_plans_holds(ext):
     assert "\n" not in sentence
     strided, _ = ext.plan_or_refusal(**RUN, late_rows=64)
     assert strided.fits and strided.n_groups == 64 and strided.accelerator_peak <= 80 * P.GiB
-    assert strided.batch_size == 4  # the batch whose request test_remote.py measures
+    assert strided.batch_size == 8  # the batch whose request test_remote.py measures
 
 
 def test_every_directive_on_the_page_renders(ext):

@@ -237,7 +237,7 @@ def test_an_experiment_run_remote_builds_the_weightless_client_and_measures(stub
 
 
 def test_the_request_of_a_llama_8b_shaped_batch_is_small(tmp_path, monkeypatch):
-    """The request of one batch of the 8B run the reproducing chapter plans (B = 4, T = 4096, late_rows 64),
+    """The request of one batch of the 8B run the reproducing chapter plans (B = 8, T = 4096, late_rows 64),
     serialised by nnsight's own client code from a weightless Llama-3.1-8B-shaped client and not sent."""
     from nnsight.intervention.backends.remote import RemoteBackend
     from nnsight.modeling.huggingface import _ID_CACHE
@@ -264,12 +264,12 @@ def test_the_request_of_a_llama_8b_shaped_batch_is_small(tmp_path, monkeypatch):
         raise Sent
 
     monkeypatch.setattr(RemoteBackend, "request", request)
-    ids = torch.randint(0, 128256, (4, 4096), generator=torch.Generator().manual_seed(0))  # incompressible text
+    ids = torch.randint(0, 128256, (8, 4096), generator=torch.Generator().manual_seed(0))  # incompressible text
     prompts = PromptSet(ids, "random", "none", False, None, 0)
     with pytest.raises(Sent):
-        C.collect(client, prompts, remote="http://127.0.0.1:9", batch_size=4, late_rows=64, progress=False)
+        C.collect(client, prompts, remote="http://127.0.0.1:9", batch_size=8, late_rows=64, progress=False)
     weights = 8_030_523_392 * 2  # the plan's parameter count in bfloat16
-    print(f"Llama-3.1-8B-shaped client, one batch of 4 x 4096 tokens, late_rows 64: request {sizes[0]:,} bytes "
+    print(f"Llama-3.1-8B-shaped client, one batch of 8 x 4096 tokens, late_rows 64: request {sizes[0]:,} bytes "
           f"(input ids {ids.numel() * 8:,} bytes before compression; weights in bfloat16 {weights:,} bytes)")
     assert sizes and sizes[0] < 400_000
 
