@@ -28,19 +28,19 @@ N prompts, G groups, P_w the visible pairs of window w per layer):
   pairs and the (rows + diagonals)^2 normal equations of the late window's two key domains.
 
 Calibration (peak resident memory of a fresh process: load, capture, every metric; 2-core CPU, glibc
-with :func:`abspos_utils.capture.limit_heap_fragmentation`; ``abspos bench --scaling``, 28 Nov 2026; the
-README has the whole table):
+with :func:`abspos_utils.capture.limit_heap_fragmentation`; ``abspos bench --scaling``, 28 Nov 2026, 04:15;
+the README has the whole table):
 
 =====================================  =====  ===  ===  ===  ============  =============  =====
 model                                  T      N    B    G    measured GiB  predicted GiB  ratio
 =====================================  =====  ===  ===  ===  ============  =============  =====
-smollm2-135m                           512    4    4    4    1.69          1.67           0.99
-smollm2-135m                           512    64   4    4    2.23          1.94           0.87
-smollm2-135m                           1024   4    4    4    3.56          3.62           1.02
-smollm2-135m                           1024   64   4    4    4.29          3.91           0.91
-smollm2-135m                           2048   8    4    4    11.77         11.50          0.98
-smollm2-135m, late_rows 64             2048   16   4    16   6.80          6.76           0.99
-random Llama-3.1-8B shape, 2 layers    2048   8    4    4    17.08         18.37          1.08
+smollm2-135m                           512    4    4    4    1.66          1.56           0.94
+smollm2-135m                           512    64   4    4    2.12          1.83           0.87
+smollm2-135m                           1024   4    4    4    3.31          3.20           0.97
+smollm2-135m                           1024   64   4    4    3.91          3.49           0.89
+smollm2-135m                           2048   8    4    4    9.92          9.81           0.99
+smollm2-135m, late_rows 64             2048   16   4    16   5.12          5.07           0.99
+random Llama-3.1-8B shape, 2 layers    2048   8    4    4    10.69         12.37          1.16
 =====================================  =====  ===  ===  ===  ============  =============  =====
 
 On a GPU the weights, maps and hidden states sit on the accelerator and the statistics on the host.
