@@ -423,58 +423,83 @@ def reduce_batches(traced, batches: list[Tensor], spec: dict, position0: list | 
                         stats["n_visible"] = n_visible.cpu()
                         stats["first_key"] = first_key.cpu()
                         stats["banded"] = (band == visible).all().cpu()
+                    n_prompts, n_heads = masked.shape[:2]
                     for name, chosen in spec["rows"].items():
                         # the window's visible pairs as flat indices i * T + j: row-major, the key-0 pairs last
                         flat = (visible & chosen.to(visible.device)[:, None]).reshape(-1).nonzero().squeeze(-1)
                         flat = torch.cat([flat[flat % T != 0], flat[flat % T == 0]])
-                        # log a_ij = x_ij - log Z_i, log_softmax's value on these pairs: subtracted on the window's
-                        # block of rows [lo, hi) (a view of the map), then gathered, with no T x T output
-                        lo, hi = spec["spans"][name]
-                        block = masked[:, :, lo:hi].float() - log_z[:, :, lo:hi, None]
-                        logw = block.reshape(*block.shape[:2], -1).index_select(-1, flat - lo * T)
-                        block = None
-                        if name in spec["summed"]:
+                        query, n_pairs, n_key0 = flat // T, flat.shape[0], int((flat % T == 0).sum())
+                        summing = name in spec["summed"]
+                        if summing:
                             # the batch's prompts summed over their prompt groups here (the accumulator adds the
                             # sums), with what each prompt's self terms need: sum_ij x_ij^2, its row sums and its
                             # diagonal sums (float64, indexed by i and i - j) and its values on the key-0 pairs
-                            local = torch.tensor(groups[number], device=logw.device)
-                            summed = torch.zeros(int(local.max()) + 1, *logw.shape[1:], dtype=logw.dtype,
-                                                 device=logw.device).index_add_(0, local, logw)
-                            if add_into[number] is None:
-                                stats["sum_" + name] = summed.cpu()
-                            else:
-                                running = add_into[number][index][name]
-                                running += summed.to(running.device)
-                            # per head, so that no float64 copy of the whole window is made (one head's copy, in
-                            # one buffer for all heads: a fresh allocation per head is paged in anew each time)
-                            n_prompts, n_heads = logw.shape[:2]
-                            squares = torch.zeros(n_prompts, n_heads, dtype=torch.float64, device=logw.device)
-                            row_sums = torch.zeros(n_prompts, n_heads, T, dtype=torch.float64, device=logw.device)
-                            diag_sums = torch.zeros(n_prompts, n_heads, T, dtype=torch.float64, device=logw.device)
-                            query = (flat // T).expand(n_prompts, -1)
-                            offset = (flat // T - flat % T).expand(n_prompts, -1)
-                            exact = torch.empty(n_prompts, logw.shape[-1], dtype=torch.float64, device=logw.device)
-                            for head in range(n_heads):
-                                exact.copy_(logw[:, head])
-                                squares[:, head] = torch.linalg.vecdot(exact, exact)
-                                row_sums[:, head].scatter_add_(-1, query, exact)
-                                diag_sums[:, head].scatter_add_(-1, offset, exact)
+                            local = torch.tensor(groups[number], device=masked.device)
+                            n_local = int(local.max()) + 1
+                            into = None if add_into[number] is None else add_into[number][index][name]
+                            if into is None:
+                                stats["sum_" + name] = torch.empty(n_local, n_heads, n_pairs, device=masked.device)
+                            squares = torch.zeros(n_prompts, n_heads, dtype=torch.float64, device=masked.device)
+                            row_sums = torch.zeros(n_prompts, n_heads, T, dtype=torch.float64, device=masked.device)
+                            diag_sums = torch.zeros(n_prompts, n_heads, T, dtype=torch.float64, device=masked.device)
+                            offset = (query - flat % T).expand(n_prompts, -1)
+                            exact = torch.empty(n_prompts, n_pairs, dtype=torch.float64, device=masked.device)
+                            key0_values = torch.empty(n_prompts, n_heads, n_key0, device=masked.device)
+                        else:
+                            stats["logw_" + name] = torch.empty(n_prompts, n_heads, n_pairs, device=masked.device)
+                        # one head at a time, so that every temporary is B x P (a T x T map's worth of fresh
+                        # memory costs its page faults on a CPU, more than the arithmetic)
+                        for head in range(n_heads):
+                            # log a_ij = x_ij - log Z_i, log_softmax's value on the window's pairs, gathered
+                            # from the map (a view) with no T x T output
+                            # (indexing, not index_select: faster on a map that is a strided view)
+                            logw = masked[:, head].reshape(n_prompts, T * T)[:, flat].float() - log_z[:, head][:, query]
+                            if not summing:
+                                stats["logw_" + name][:, head] = logw
+                                continue
+                            summed = torch.zeros(n_local, n_pairs, device=logw.device).index_add_(0, local, logw)
+                            if into is None:
+                                stats["sum_" + name][:, head] = summed
+                            else:  # added in place to the host's running sums
+                                into[:, head] += summed.to(into.device)
+                            # (in one float64 buffer for all heads: a fresh allocation per head is paged in anew)
+                            exact.copy_(logw)
+                            squares[:, head] = torch.linalg.vecdot(exact, exact)
+                            row_sums[:, head].scatter_add_(-1, query.expand(n_prompts, -1), exact)
+                            diag_sums[:, head].scatter_add_(-1, offset, exact)
+                            key0_values[:, head] = logw[:, n_pairs - n_key0:]
+                        logw = summed = None
+                        if summing:
                             stats["squares_" + name] = squares.cpu()
                             stats["row_sums_" + name] = row_sums.cpu()
                             stats["diag_sums_" + name] = diag_sums.cpu()
-                            # (a copy: on the CPU a view would keep the whole window alive)
-                            stats["key0_values_" + name] = logw[..., logw.shape[-1] - int((flat % T == 0).sum()):].clone().cpu()
-                            summed = exact = query = offset = squares = row_sums = diag_sums = None
+                            stats["key0_values_" + name] = key0_values.cpu()
+                            if into is None:
+                                stats["sum_" + name] = stats["sum_" + name].cpu()
+                            exact = offset = squares = row_sums = diag_sums = key0_values = into = None
                         else:
-                            stats["logw_" + name] = logw.cpu()
-                        logw = None
+                            stats["logw_" + name] = stats["logw_" + name].cpu()
                         if name == "early" and "scores_early" in wanted:
                             stats["scores_early"] = early_scores.flatten(-2).index_select(-1, flat - early_lo * T).cpu()
                     stats["log_z"] = (log_z + shift).cpu()
                     if "key0" in wanted:
                         stats["key0"] = weights[..., 0].float().clone().cpu()
                     if "entropy" in wanted:  # H_i = log Z_i - sum_j a_ij x_ij (a_ij = 0 exactly where masked)
-                        stats["entropy"] = (log_z - torch.einsum("bhij,bhij->bhi", weights.float(), masked.float())).cpu()
+                        if masked.device.type == "cpu":
+                            # by blocks of rows of about 1 MB: their products are reused heap memory, where one
+                            # product of the two maps would be a fresh T x T map's worth, paged in each time
+                            rows_a, rows_x = weights.reshape(-1, T), masked.reshape(-1, T)  # (B * H * T, T) views
+                            products = torch.empty(rows_a.shape[0], device=masked.device)
+                            step = max(1, 2**18 // T)
+                            for row in range(0, rows_a.shape[0], step):
+                                products[row : row + step] = torch.linalg.vecdot(rows_a[row : row + step].float(),
+                                                                                 rows_x[row : row + step].float())
+                            products = products.view(log_z.shape)
+                            rows_a = rows_x = None
+                        else:
+                            products = torch.einsum("bhij,bhij->bhi", weights.float(), masked.float())
+                        stats["entropy"] = (log_z - products).cpu()
+                        products = None
                     if "sink_writes" in wanted:
                         v0 = values[:, :, 0, :].float().repeat_interleave(spec["kv_group"], dim=1)  # (B, H, head_dim)
                         w_o = getattr(attention, spec["output_projection"]).weight.float()  # read on the server
