@@ -7,8 +7,8 @@ N prompts, G groups, P_w the visible pairs of window w per layer):
 - ``runtime``: the Python process with torch, transformers and nnsight imported (measured constant);
 - ``weights``: parameters x bytes of the dtype (read from the config: embeddings, attention, gated MLP);
 - ``attention maps``: MAPS x B x H x T^2 x 4 — the eager forward of one layer (scores, masked scores,
-  softmax) plus the capture's copies (the late window's block of rows less log Z_i, its pair values),
-  all alive together at the peak of one layer; MAPS is calibrated (table below). It was 6 while the
+  softmax) plus the capture's transients (the trace gathers and reduces a window's pairs one head at a
+  time), all alive together at the peak of one layer; MAPS is calibrated (table below). It was 6 while the
   trace's ``del`` statements did not release a layer's maps before the next layer made its own (nnsight
   0.8 keeps a block's names in a shared store that ``del`` does not reach; see
   :func:`abspos_utils.capture.reduce_batches`);
@@ -28,19 +28,19 @@ N prompts, G groups, P_w the visible pairs of window w per layer):
   pairs and the (rows + diagonals)^2 normal equations of the late window's two key domains.
 
 Calibration (peak resident memory of a fresh process: load, capture, every metric; 2-core CPU, glibc
-with :func:`abspos_utils.capture.limit_heap_fragmentation`; ``abspos bench --scaling``, 28 Nov 2026, 04:15;
+with :func:`abspos_utils.capture.limit_heap_fragmentation`; ``abspos bench --scaling``, 28 Nov 2026, 12:58;
 the README has the whole table):
 
 =====================================  =====  ===  ===  ===  ============  =============  =====
 model                                  T      N    B    G    measured GiB  predicted GiB  ratio
 =====================================  =====  ===  ===  ===  ============  =============  =====
-smollm2-135m                           512    4    4    4    1.66          1.56           0.94
-smollm2-135m                           512    64   4    4    2.12          1.83           0.87
-smollm2-135m                           1024   4    4    4    3.31          3.20           0.97
-smollm2-135m                           1024   64   4    4    3.91          3.49           0.89
-smollm2-135m                           2048   8    4    4    9.92          9.81           0.99
-smollm2-135m, late_rows 64             2048   16   4    16   5.12          5.07           0.99
-random Llama-3.1-8B shape, 2 layers    2048   8    4    4    10.69         12.37          1.16
+smollm2-135m                           512    4    4    4    1.70          1.56           0.92
+smollm2-135m                           512    64   4    4    2.11          1.83           0.87
+smollm2-135m                           1024   4    4    4    3.28          3.20           0.98
+smollm2-135m                           1024   64   4    4    3.90          3.49           0.90
+smollm2-135m                           2048   8    4    4    9.62          9.81           1.02
+smollm2-135m, late_rows 64             2048   16   4    16   5.06          5.07           1.00
+random Llama-3.1-8B shape, 2 layers    2048   8    4    4    10.12         12.37          1.22
 =====================================  =====  ===  ===  ===  ============  =============  =====
 
 On a GPU the weights, maps and hidden states sit on the accelerator and the statistics on the host.

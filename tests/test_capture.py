@@ -243,7 +243,7 @@ def test_the_in_trace_reduction_equals_the_layer_views_bit_for_bit(name):
         key0 = torch.cat([v.weights[..., 0] for v in layer])
         assert torch.equal(M.prompt_sink_scores(key0, layer[0].visible.sum(-1)), cap.sink_score[index])
         torch.testing.assert_close(key0.double().mean(0), cap.mean_key0[index], atol=1e-12, rtol=0)
-        # the trace takes H_i = log Z_i - sum_j a_ij x_ij (one product of two maps, no third): -sum a log a to
+        # the trace takes H_i = log Z_i - sum_j a_ij x_ij (row by row, no third map): -sum a log a to
         # float32 rounding
         torch.testing.assert_close(torch.cat([-(v.weights * v.log_weights).sum(-1) for v in layer]).double().mean(0),
                                    cap.mean_entropy[index], atol=2e-5, rtol=0)
