@@ -311,8 +311,9 @@ def trace_spec(loaded: LoadedModel, layers: list[int], rows: dict[str, Tensor], 
         "softmax": family.softmax, "sink_logits": bool(family.sink_logits),
         "output_projection": family.output_projection, "n_heads": int(arch.n_heads),
         "kv_group": int(arch.n_heads // arch.n_kv_heads), "rows": dict(rows),
-        # the first and last + 1 chosen row of each window
-        "spans": {name: (int(chosen.nonzero()[0]), int(chosen.nonzero()[-1]) + 1) for name, chosen in rows.items()},
+        # the early window's first and last + 1 row, whose scores the trace copies ((0, 0): no early window)
+        "early_span": ((int(rows["early"].nonzero()[0]), int(rows["early"].nonzero()[-1]) + 1) if "early" in rows
+                       else (0, 0)),
         "probe": list(probe_positions), "qkv": [int(i) for i in qkv_positions],
         "window": None if window is None else int(window), "with_loss": bool(with_loss),
         "statistics": [str(name) for name in statistics], "summed": [str(name) for name in summed],
@@ -390,7 +391,7 @@ def reduce_batches(traced, batches: list[Tensor], spec: dict, position0: list | 
                     # (read in forward order: the scores come before the softmax). Only the early window's rows
                     # and the diagonal of the scores are read later: they are copied here, so that the scores'
                     # T x T map is not held beside the softmax's input and output
-                    early_lo, early_hi = spec["spans"].get("early", (0, 0))
+                    early_lo, early_hi = spec["early_span"]
                     early_scores = score_diagonal = None
                     if "scores_early" in wanted or spec["sink_logits"]:
                         scores = getattr(inner, spec["scores"]).output
