@@ -166,31 +166,58 @@ def _llama8b_shape(seed: int = 0):
 
 def point(model: str, seq_len: int, n_prompts: int, batch_size: int, n_groups: int, kind: str,
           late_rows: int | None = None, repeats: int = 1) -> dict:
-    """One point, run in a fresh process (``python -m abspos_utils.bench``): ``kind`` "forward" (the bare
-    eager forward over the same batches, output_attentions=True, logits_to_keep=1) or "measure" (capture
-    + every metric), ``repeats`` times. Returns the wall seconds of each run, the fastest as ``seconds``
-    (on a shared machine the slower runs measure what else ran), and the peak resident memory of the
-    first run (bytes, ru_maxrss, read before any repeat)."""
+    """One point, run in a fresh process (``python -m abspos_utils.bench``).
+
+    ``kind`` "forward": the bare eager forward pass over the same batches (output_attentions=True,
+    logits_to_keep=1), once; returns its wall seconds and the process's peak resident memory
+    (``peak_bytes``, ru_maxrss).
+
+    ``kind`` "measure": capture + every metric, once first (its peak is ``peak_bytes``, read before anything
+    else runs; with ``repeats`` = 0 that is all), then ``repeats`` rounds of the bare forward pass and the
+    measurement run one after the other in this process, so that each round's ratio compares two runs made
+    under the same conditions (on a shared machine the forward pass's own time drifts by a third between
+    processes). Returns the rounds' times (``forward_runs``, ``runs``), their ratios (``ratios``) and the
+    medians (``forward_seconds``, ``seconds``, ``ratio``)."""
     import resource
+    import statistics
 
     torch.manual_seed(0)
     loaded = _llama8b_shape()[0] if model == LLAMA_8B_NAME else load_model(model)
     prompts = make_prompts(loaded.tokenizer, "text", n_prompts=n_prompts, seq_len=seq_len, bos="auto", seed=0)
     capture.limit_heap_fragmentation()  # the same allocator setting on both sides
-    runs, peak = [], None
-    for _ in range(repeats):
+
+    def forward() -> float:
         start = time.perf_counter()
-        if kind == "forward":
-            with torch.no_grad():
-                for batch in prompts.input_ids.split(batch_size):
-                    attentions = loaded.model(batch, output_attentions=True, logits_to_keep=1).attentions
-                    del attentions
-        else:
-            all_metrics(capture.collect(loaded, prompts, batch_size=batch_size, n_groups=n_groups, progress=False,
-                                        late_rows=late_rows))
-        runs.append(time.perf_counter() - start)
-        peak = peak or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"seconds": min(runs), "runs": runs, "peak_bytes": peak}
+        with torch.no_grad():
+            for batch in prompts.input_ids.split(batch_size):
+                attentions = loaded.model(batch, output_attentions=True, logits_to_keep=1).attentions
+                del attentions
+        return time.perf_counter() - start
+
+    def measure() -> float:
+        start = time.perf_counter()
+        all_metrics(capture.collect(loaded, prompts, batch_size=batch_size, n_groups=n_groups, progress=False,
+                                    late_rows=late_rows))
+        return time.perf_counter() - start
+
+    def peak() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    if kind == "forward":
+        seconds = forward()
+        return {"seconds": seconds, "peak_bytes": peak()}
+    first = measure()
+    result = {"first_seconds": first, "peak_bytes": peak(), "forward_runs": [], "runs": []}
+    for _ in range(repeats):
+        result["forward_runs"].append(forward())
+        result["runs"].append(measure())
+    if repeats:
+        result["ratios"] = [m / f for f, m in zip(result["forward_runs"], result["runs"])]
+        result.update(forward_seconds=statistics.median(result["forward_runs"]),
+                      seconds=statistics.median(result["runs"]), ratio=statistics.median(result["ratios"]))
+    else:
+        result["seconds"] = first
+    return result
 
 
 def _run_point(model: str, seq_len: int, n_prompts: int, batch_size: int, n_groups: int, kind: str,
@@ -228,26 +255,30 @@ SCALING_PARTS = (*SCALING_POINTS, "llama8b", *PEAK_POINTS)
 
 def scaling(model: str = "smollm2-135m", parts=SCALING_PARTS, max_groups: int = 4,
             max_batch: int = 4, repeats: int = 2,
-            timeout: int = 1800) -> list[dict]:
+            timeout: int = 3600) -> list[dict]:
     """The scaling table: for each (T, N) of :data:`SCALING_POINTS` (parts "n" and "t") and the random
     Llama-3.1-8B-shaped model at T = 2048, N = 8 (part "llama8b"), the bare forward pass and capture + all
-    metrics, each in its own process, with the batch size and prompt groups (at most ``max_groups``, the
-    same for every N, so that memory independent of N shows) and batch size (at most ``max_batch``, for the
-    same reason) that the plan chooses, and the plan's predicted peak beside the measured one. The quick
-    points run first (N = 4 and 16, then T = 256 ... 1024), then N = 64, T = 2048 and the 8B shape; then
-    the peaks of :data:`PEAK_POINTS` (parts "n1024" and "fit8", capture + metrics only). Ends with the plan
-    extrapolated to 32 layers and N = 64. The forward pass and the measurement each run ``repeats`` times in
-    their process and the time ratio is that of the fastest runs; the peaks are the first runs'."""
+    metrics, with the batch size and prompt groups that the plan chooses (groups at most ``max_groups`` and
+    batches at most ``max_batch``, the same for every N, so that memory independent of N shows), and the
+    plan's predicted peak beside the measured one. The quick points run first (N = 4 and 16, then T = 256 ...
+    1024), then N = 64, T = 2048 and the 8B shape; then the peaks of :data:`PEAK_POINTS` (parts "n1024" and
+    "fit8", capture + metrics only). Ends with the plan extrapolated to 32 layers and N = 64.
+
+    Peaks: each side's first run in a fresh process of its own (:func:`point`). Times: in the measurement's
+    process, ``repeats`` rounds of the forward pass then the measurement, after the measurement's first run;
+    the time ratio is the median of the rounds' ratios, and the rounds' ratios are printed beside it."""
     from . import plan as P
 
     GiB = 2**30
     rows = []
-    print(f"abspos bench --scaling: CPU, {torch.get_num_threads()} threads; peaks are the whole process's "
-          f"(ru_maxrss) in its first run; times the fastest of {repeats} runs; groups at most {max_groups}, "
-          f"batch at most {max_batch}\n")
+    print(f"abspos bench --scaling: CPU, {torch.get_num_threads()} threads. Peaks (GiB) are the whole process's "
+          f"(ru_maxrss), each side's first run in a fresh process. Times (s) are medians of {repeats} rounds of "
+          f"the forward pass and the measurement run one after the other in one process; time x is the median "
+          f"of the rounds' ratios (listed under 'rounds'). Groups at most {max_groups}, batch at most {max_batch}\n")
     header = (f"{'model':<38}{'T':>6}{'N':>5}{'B':>4}{'G':>4}  {'forward s':>9} {'GiB':>6}  {'measure s':>9} "
-              f"{'GiB':>6}  {'time x':>6}  {'plan GiB':>8} {'plan/meas':>9}")
+              f"{'GiB':>6}  {'time x':>6}  {'plan GiB':>8} {'plan/meas':>9}  rounds")
     print(header)
+
     def cell(result, key, scale=1.0, width=9, digits=1):
         return f"{'failed':>{width}}" if result is None else f"{result[key] / scale:>{width}.{digits}f}"
 
@@ -265,13 +296,13 @@ def scaling(model: str = "smollm2-135m", parts=SCALING_PARTS, max_groups: int = 
         row = dict(model=name, seq_len=seq_len, n_prompts=n_prompts, batch_size=chosen.batch_size,
                    n_groups=chosen.n_groups, plan_bytes=chosen.host_peak, forward=forward, measure=measure)
         rows.append(row)
-
-        ratio = "" if not (forward and measure) else f"{measure['seconds'] / forward['seconds']:>6.2f}"
+        timed = measure is not None and "ratio" in measure
         accuracy = "" if measure is None else f"{chosen.host_peak / measure['peak_bytes']:>9.2f}"
         print(f"{name:<38}{seq_len:>6}{n_prompts:>5}{chosen.batch_size:>4}{chosen.n_groups:>4}  "
-              f"{cell(forward, 'seconds')} {cell(forward, 'peak_bytes', GiB, 6, 2)}  {cell(measure, 'seconds')} "
-              f"{cell(measure, 'peak_bytes', GiB, 6, 2)}  {ratio:>6}  {chosen.host_peak / GiB:>8.2f} {accuracy}",
-              flush=True)
+              f"{cell(measure if timed else None, 'forward_seconds')} {cell(forward, 'peak_bytes', GiB, 6, 2)}  "
+              f"{cell(measure, 'seconds')} {cell(measure, 'peak_bytes', GiB, 6, 2)}  "
+              f"{cell(measure if timed else None, 'ratio', 1.0, 6, 2)}  {chosen.host_peak / GiB:>8.2f} {accuracy}  "
+              + (" ".join(f"{r:.2f}" for r in measure["ratios"]) if timed else ""), flush=True)
     for part in ("n1024", "fit8"):
         if part not in parts:
             continue
@@ -280,7 +311,7 @@ def scaling(model: str = "smollm2-135m", parts=SCALING_PARTS, max_groups: int = 
                             max_groups=max_groups if host_gib is None else 64, max_batch=max_batch,
                             host_available=None if host_gib is None else host_gib * GiB)
             measure = _run_point(model, seq_len, n_prompts, chosen.batch_size, chosen.n_groups, "measure", timeout,
-                                 late_rows)
+                                 late_rows, repeats=0)
             rows.append(dict(model=model, seq_len=seq_len, n_prompts=n_prompts, batch_size=chosen.batch_size,
                              n_groups=chosen.n_groups, plan_bytes=chosen.host_peak, forward=None, measure=measure,
                              late_rows=late_rows))

@@ -245,8 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-groups", type=int, default=4, help="prompt groups at most, in the scaling table")
     bench.add_argument("--max-batch", type=int, default=4, help="batch size at most, in the scaling table")
     bench.add_argument("--repeats", type=int, default=2,
-                       help="runs of the forward pass and of the measurement per point, in the scaling table (the "
-                            "time ratio is the fastest runs'; the peaks are the first runs')")
+                       help="rounds of the forward pass then the measurement, run one after the other in one process "
+                            "per point of the scaling table, after the measurement's first run (the time ratio is "
+                            "the median of the rounds' ratios; the peaks are each side's first run in a fresh process)")
     bench.set_defaults(func=_bench)
 
     add_runner_commands(commands)

@@ -124,3 +124,21 @@ def test_the_command_line_offers_every_part_of_the_scaling_table():
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     scaling = next(a for a in commands.choices["bench"]._actions if a.dest == "scaling")
     assert tuple(scaling.choices) == bench.SCALING_PARTS
+
+
+def test_a_scaling_point_times_the_forward_pass_and_the_measurement_in_alternating_rounds():
+    """The time ratio of `abspos bench --scaling` compares runs made one after the other in one fresh
+    process (the forward pass's time drifts between processes on a shared machine): the measurement's
+    first run gives the peak, then each round runs the bare forward pass and the measurement, and the
+    ratio is the median of the rounds' ratios."""
+    import statistics
+
+    from abspos_utils import bench
+
+    timed = bench._run_point("tiny-llama", 64, 4, 2, 2, "measure", timeout=600, repeats=3)
+    assert timed is not None and len(timed["forward_runs"]) == len(timed["runs"]) == 3
+    assert timed["ratios"] == [m / f for f, m in zip(timed["forward_runs"], timed["runs"])]
+    assert timed["ratio"] == statistics.median(timed["ratios"]) and timed["seconds"] == statistics.median(timed["runs"])
+    assert timed["peak_bytes"] > 0
+    peak_only = bench._run_point("tiny-llama", 64, 4, 2, 2, "measure", timeout=600, repeats=0)
+    assert peak_only["runs"] == [] and "ratio" not in peak_only and peak_only["seconds"] == peak_only["first_seconds"]
