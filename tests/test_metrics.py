@@ -219,7 +219,10 @@ def test_first_prompts_equals_decomposing_fewer_prompts():
 
     cut, direct = M.first_prompts(dec_of(values), 5), dec_of(values[:5])
     for statistic in ("L_res", "L_mask", "balance"):
-        assert M.headline(cut, statistic, n_boot=50) == M.headline(direct, statistic, n_boot=50)
+        a, b = (M.headline(d, statistic, n_boot=50) for d in (cut, direct))
+        # equal up to the order of the BLAS's sums: the Gram of 8 prompts cut to 5 and the Gram of 5 can
+        # take different kernels (on some CPUs the two differ by about 1e-18)
+        assert (a.value, a.low, a.high) == pytest.approx((b.value, b.low, b.high), rel=1e-12, abs=1e-15)
     with pytest.raises(AbsposError, match="Cannot keep 9 of 8"):
         M.first_prompts(dec_of(values), 9)
 
