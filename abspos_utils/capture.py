@@ -362,6 +362,9 @@ def reduce_batches(traced, batches: list[Tensor], spec: dict, position0: list | 
                           "pass groups= (each batch's prompt groups, DecompositionAccumulator.batch_groups).")
     with traced.session(remote=remote):
         results = nnsight.save([])
+        # each mask's window pairs, found once and reused by every layer and batch with that mask (a list of
+        # (visible, {window: pair indices}); a model with sliding and global layers has two masks)
+        pair_indices = []
         for number, batch in enumerate(batches):
             options = {} if spec["with_loss"] else {"logits_to_keep": 1}
             with traced.trace(batch, **options):
@@ -425,11 +428,19 @@ def reduce_batches(traced, batches: list[Tensor], spec: dict, position0: list | 
                         stats["first_key"] = first_key.cpu()
                         stats["banded"] = (band == visible).all().cpu()
                     n_prompts, n_heads = masked.shape[:2]
-                    for name, chosen in spec["rows"].items():
-                        # the window's visible pairs as flat indices i * T + j: row-major, the key-0 pairs last
-                        flat = (visible & chosen.to(visible.device)[:, None]).reshape(-1).nonzero().squeeze(-1)
-                        flat = torch.cat([flat[flat % T != 0], flat[flat % T == 0]])
-                        query, n_pairs, n_key0 = flat // T, flat.shape[0], int((flat % T == 0).sum())
+                    found = [pairs for mask, pairs in pair_indices if torch.equal(mask, visible)]
+                    if not found:
+                        found = [{}]
+                        for name, chosen in spec["rows"].items():
+                            # the window's visible pairs as flat indices i * T + j: row-major, the key-0 pairs last
+                            flat = (visible & chosen.to(visible.device)[:, None]).reshape(-1).nonzero().squeeze(-1)
+                            flat = torch.cat([flat[flat % T != 0], flat[flat % T == 0]])
+                            query = flat // T
+                            found[0][name] = (flat, query, query - flat % T, int((flat % T == 0).sum()))
+                        pair_indices.append((visible, found[0]))
+                    for name in spec["rows"]:
+                        flat, query, offset, n_key0 = found[0][name]
+                        n_pairs = flat.shape[0]
                         summing = name in spec["summed"]
                         if summing:
                             # the batch's prompts summed over their prompt groups here (the accumulator adds the
@@ -443,18 +454,20 @@ def reduce_batches(traced, batches: list[Tensor], spec: dict, position0: list | 
                             squares = torch.zeros(n_prompts, n_heads, dtype=torch.float64, device=masked.device)
                             row_sums = torch.zeros(n_prompts, n_heads, T, dtype=torch.float64, device=masked.device)
                             diag_sums = torch.zeros(n_prompts, n_heads, T, dtype=torch.float64, device=masked.device)
-                            offset = (query - flat % T).expand(n_prompts, -1)
+                            offset = offset.expand(n_prompts, -1)
                             exact = torch.empty(n_prompts, n_pairs, dtype=torch.float64, device=masked.device)
                             key0_values = torch.empty(n_prompts, n_heads, n_key0, device=masked.device)
                         else:
                             stats["logw_" + name] = torch.empty(n_prompts, n_heads, n_pairs, device=masked.device)
                         # one head at a time, so that every temporary is B x P (a T x T map's worth of fresh
                         # memory costs its page faults on a CPU, more than the arithmetic)
+                        flat_b, query_b = flat.expand(n_prompts, -1), query.expand(n_prompts, -1)
                         for head in range(n_heads):
                             # log a_ij = x_ij - log Z_i, log_softmax's value on the window's pairs, gathered
-                            # from the map (a view) with no T x T output
-                            # (indexing, not index_select: faster on a map that is a strided view)
-                            logw = masked[:, head].reshape(n_prompts, T * T)[:, flat].float() - log_z[:, head][:, query]
+                            # from the map (a view) with no T x T output (torch.gather: on a CPU about 4x faster
+                            # than indexing, 3x than index_select)
+                            logw = (torch.gather(masked[:, head].reshape(n_prompts, T * T), 1, flat_b).float()
+                                    - torch.gather(log_z[:, head], 1, query_b))
                             if not summing:
                                 stats["logw_" + name][:, head] = logw
                                 continue
@@ -466,7 +479,7 @@ def reduce_batches(traced, batches: list[Tensor], spec: dict, position0: list | 
                             # (in one float64 buffer for all heads: a fresh allocation per head is paged in anew)
                             exact.copy_(logw)
                             squares[:, head] = torch.linalg.vecdot(exact, exact)
-                            row_sums[:, head].scatter_add_(-1, query.expand(n_prompts, -1), exact)
+                            row_sums[:, head].scatter_add_(-1, query_b, exact)
                             diag_sums[:, head].scatter_add_(-1, offset, exact)
                             key0_values[:, head] = logw[:, n_pairs - n_key0:]
                         logw = summed = None
