@@ -28,19 +28,19 @@ N prompts, G groups, P_w the visible pairs of window w per layer):
   pairs and the (rows + diagonals)^2 normal equations of the late window's two key domains.
 
 Calibration (peak resident memory of a fresh process: load, capture, every metric; 2-core CPU, glibc
-with :func:`abspos_utils.capture.limit_heap_fragmentation`; ``abspos bench --scaling``, 28 Nov 2026, 12:58;
+with :func:`abspos_utils.capture.limit_heap_fragmentation`; ``abspos bench --scaling``, 28-29 Nov 2026, 23:43;
 the README has the whole table):
 
 =====================================  =====  ===  ===  ===  ============  =============  =====
 model                                  T      N    B    G    measured GiB  predicted GiB  ratio
 =====================================  =====  ===  ===  ===  ============  =============  =====
-smollm2-135m                           512    4    4    4    1.70          1.56           0.92
-smollm2-135m                           512    64   4    4    2.11          1.83           0.87
+smollm2-135m                           512    4    4    4    1.69          1.56           0.93
+smollm2-135m                           512    64   4    4    2.09          1.83           0.88
 smollm2-135m                           1024   4    4    4    3.28          3.20           0.98
-smollm2-135m                           1024   64   4    4    3.90          3.49           0.90
+smollm2-135m                           1024   64   4    4    3.72          3.49           0.94
 smollm2-135m                           2048   8    4    4    9.62          9.81           1.02
-smollm2-135m, late_rows 64             2048   16   4    16   5.06          5.07           1.00
-random Llama-3.1-8B shape, 2 layers    2048   8    4    4    10.12         12.37          1.22
+smollm2-135m, late_rows 64             2048   16   4    16   4.98          5.07           1.02
+random Llama-3.1-8B shape, 2 layers    2048   8    4    4    10.13         12.37          1.22
 =====================================  =====  ===  ===  ===  ============  =============  =====
 
 On a GPU the weights, maps and hidden states sit on the accelerator and the statistics on the host.
